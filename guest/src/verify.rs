@@ -1,0 +1,168 @@
+//! Cognito id token verification: the whole path from the raw string to an
+//! [`Identity`], deny by default, one [`Rejection`] per failure class.
+//!
+//! Steps, in order (the first failure decides):
+//! 1. size and presence (`too-large`, `missing`), then structure: three
+//!    canonical base64url segments, header and claims UTF-8 JSON objects
+//!    without duplicate names (`malformed`);
+//! 2. header: `alg` exactly `RS256` (`unsupported-algorithm`), then a
+//!    non-empty signature (`malformed`; after `alg` so that `alg: none` is
+//!    reported as such), then `crit`/`typ`/`kid` (`bad-header`);
+//! 3. key: by exact `kid` from the host's key set, refreshed once when the kid
+//!    is unknown (`key-set-unavailable`, `unknown-key`, `unusable-key`);
+//! 4. signature (`bad-signature`);
+//! 5. claims (`claims::validate`).
+//!
+//! The token itself is never logged.
+
+use crate::capabilities::{Capabilities, Level};
+use crate::json;
+use crate::jwks::{self, KeyLookup, RsaPublicKey};
+use crate::{claims, rs256, token};
+
+/// Verification and record settings, fixed by the host at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The exact `iss` expected.
+    pub issuer: String,
+    /// The exact `aud` expected (the app client id).
+    pub audience: String,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+    pub leeway_seconds: u32,
+    /// How long a stored record lives, in seconds.
+    pub record_ttl_seconds: u32,
+}
+
+/// The identity a valid token carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The `sub` claim.
+    pub sub: String,
+    /// `cognito:groups`, duplicates collapsed, order kept; empty if unreadable.
+    pub groups: Vec<String>,
+}
+
+/// Why a token was refused: one value per failure class (mirrors the WIT
+/// `token-rejection` enum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    Missing,
+    TooLarge,
+    Malformed,
+    UnsupportedAlgorithm,
+    BadHeader,
+    UnknownKey,
+    UnusableKey,
+    BadSignature,
+    WrongIssuer,
+    WrongAudience,
+    WrongTokenUse,
+    Expired,
+    NotYetValid,
+    BadClaims,
+    KeySetUnavailable,
+}
+
+impl Rejection {
+    /// The class name as spelled in the WIT, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Missing => "missing",
+            Rejection::TooLarge => "too-large",
+            Rejection::Malformed => "malformed",
+            Rejection::UnsupportedAlgorithm => "unsupported-algorithm",
+            Rejection::BadHeader => "bad-header",
+            Rejection::UnknownKey => "unknown-key",
+            Rejection::UnusableKey => "unusable-key",
+            Rejection::BadSignature => "bad-signature",
+            Rejection::WrongIssuer => "wrong-issuer",
+            Rejection::WrongAudience => "wrong-audience",
+            Rejection::WrongTokenUse => "wrong-token-use",
+            Rejection::Expired => "expired",
+            Rejection::NotYetValid => "not-yet-valid",
+            Rejection::BadClaims => "bad-claims",
+            Rejection::KeySetUnavailable => "key-set-unavailable",
+        }
+    }
+}
+
+/// Verifies a Cognito id token at `now` (seconds since the epoch).
+pub fn verify_token(
+    token: &str,
+    now: u64,
+    settings: &Settings,
+    caps: &mut impl Capabilities,
+) -> Result<Identity, Rejection> {
+    let jws = token::parse(token)?;
+    // The claims must be well-formed JSON before any key is fetched.
+    let claims = json::parse_object_strict(&jws.payload).map_err(|_| Rejection::Malformed)?;
+    authenticate(&jws, caps)?;
+    claims::validate(&claims, now, settings)
+}
+
+/// Runs steps 1 to 4 on a compact JWS whose payload need not be JSON: the
+/// signature-level half of [`verify_token`], for callers and tests that check
+/// JWS test vectors (whose payloads are raw bytes).
+pub fn verify_jws(token: &str, caps: &mut impl Capabilities) -> Result<Vec<u8>, Rejection> {
+    let jws = token::parse(token)?;
+    authenticate(&jws, caps)?;
+    Ok(jws.payload)
+}
+
+/// Header, key and signature checks.
+fn authenticate(jws: &token::Jws<'_>, caps: &mut impl Capabilities) -> Result<(), Rejection> {
+    let kid = token::check_header(&jws.header, &jws.signature)?;
+    let key = find_key(kid, caps)?;
+    // RS256 via rsa 0.10 + sha2 (not jsonwebtoken: see `rs256`).
+    if rs256::verify_pkcs1v15_sha256(&key.n, &key.e, jws.signing_input.as_bytes(), &jws.signature) {
+        Ok(())
+    } else {
+        Err(Rejection::BadSignature)
+    }
+}
+
+/// Looks `kid` up in the host's key set; asks for a refresh exactly once when
+/// the kid is not there (the pool may have rotated its keys).
+fn find_key(kid: &str, caps: &mut impl Capabilities) -> Result<RsaPublicKey, Rejection> {
+    let mut lookup = lookup_in_key_set(kid, false, caps)?;
+    if lookup == KeyLookup::NotFound {
+        lookup = lookup_in_key_set(kid, true, caps)?;
+    }
+    match lookup {
+        KeyLookup::Usable(key) => Ok(key),
+        KeyLookup::Unusable(problem) => {
+            caps.log(
+                Level::Warn,
+                &format!("token key refused: {}", problem.describe()),
+            );
+            Err(Rejection::UnusableKey)
+        }
+        KeyLookup::Ambiguous => {
+            caps.log(
+                Level::Warn,
+                "token kid is listed more than once in the key set",
+            );
+            Err(Rejection::UnknownKey)
+        }
+        KeyLookup::NotFound => Err(Rejection::UnknownKey),
+    }
+}
+
+fn lookup_in_key_set(
+    kid: &str,
+    refresh: bool,
+    caps: &mut impl Capabilities,
+) -> Result<KeyLookup, Rejection> {
+    let document = caps.key_set(refresh).map_err(|detail| {
+        caps.log(Level::Error, &format!("key set unavailable: {detail}"));
+        Rejection::KeySetUnavailable
+    })?;
+    let Some(set) = jwks::parse_key_set(&document) else {
+        caps.log(
+            Level::Error,
+            "key set unavailable: not a JSON object with a keys array",
+        );
+        return Err(Rejection::KeySetUnavailable);
+    };
+    Ok(set.lookup(kid))
+}
