@@ -1,0 +1,300 @@
+//! Command line and environment: every setting has a flag and an env
+//! variable (the original handler's names where it had one). `--help`
+//! documents them all.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::component::{EngineOptions, PolicySettings};
+use crate::dev::{DEV_CLIENT_ID, DEV_ISSUER};
+
+/// Records outlive the connection by a little: API Gateway closes a
+/// WebSocket after 2 h at most; 5 min more covers clock skew.
+pub const DEFAULT_RECORD_TTL_SECONDS: u32 = 2 * 3600 + 5 * 60;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gitgazer-ws",
+    version,
+    about = "GitGazer's WebSocket connection handler: verifies Cognito id tokens on CONNECT and \
+             keeps one record per (integration, connection)",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the HTTP server (the dev server when COGNITO_USER_POOL_ID is unset).
+    Serve(ServeArgs),
+    /// Verifies one id token and prints one line of JSON; exit 0 valid, 1 invalid, 2 usage.
+    VerifyToken(VerifyTokenArgs),
+    /// Handles one API Gateway WebSocket event (JSON) and prints the proxy response.
+    HandleEvent(HandleEventArgs),
+    /// Compiles the embedded policy component for this machine into FILE
+    /// (load it with --precompiled to skip compiling at start).
+    Compile(CompileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// AWS region of the Cognito user pool (and of DynamoDB).
+    #[arg(long, env = "AWS_REGION", global = true)]
+    pub region: Option<String>,
+    /// Cognito user pool id (`<region>_<id>`); unset means dev mode.
+    #[arg(long, env = "COGNITO_USER_POOL_ID", global = true)]
+    pub user_pool_id: Option<String>,
+    /// Cognito app client id: the `aud` tokens must carry.
+    #[arg(long, env = "COGNITO_CLIENT_ID", global = true)]
+    pub client_id: Option<String>,
+    /// Where to fetch the key set instead of the user pool's well-known URL.
+    #[arg(long, env = "COGNITO_JWKS_URL", global = true)]
+    pub jwks_url: Option<String>,
+    /// DynamoDB table for connection records; unset keeps them in memory.
+    #[arg(long, env = "TABLE_NAME", global = true)]
+    pub table_name: Option<String>,
+    /// Name of the table's GSI on connectionId.
+    #[arg(
+        long,
+        env = "DYNAMODB_TABLE_CONNECTIONS_CONNECTION_ID_INDEX",
+        default_value = "connectionId-index",
+        global = true
+    )]
+    pub connection_id_index: String,
+    /// Clock skew tolerated on exp, nbf and iat.
+    #[arg(long, env = "JWT_LEEWAY_SECONDS", default_value_t = 0, global = true)]
+    pub leeway_seconds: u32,
+    /// Lifetime of a stored record (its expiresAt TTL).
+    #[arg(long, env = "RECORD_TTL_SECONDS", default_value_t = DEFAULT_RECORD_TTL_SECONDS, global = true)]
+    pub record_ttl_seconds: u32,
+    /// Guest instances alive at once (requests handled concurrently).
+    #[arg(long, env = "MAX_INSTANCES", default_value_t = 64, global = true)]
+    pub max_instances: u32,
+    /// Linear memory one guest instance may use, in MiB.
+    #[arg(long, env = "GUEST_MEMORY_MIB", default_value_t = 64, global = true)]
+    pub guest_memory_mib: usize,
+    /// Guest CPU time one request may use, in milliseconds.
+    #[arg(long, env = "GUEST_TIME_BUDGET_MS", default_value_t = 1000, global = true)]
+    pub guest_time_budget_ms: u64,
+    /// Run this component (.wasm) instead of the embedded policy.
+    #[arg(long, env = "GITGAZER_WS_COMPONENT", global = true)]
+    pub component: Option<PathBuf>,
+    /// A precompiled component (from `gitgazer-ws compile`) to load.
+    #[arg(long, env = "GITGAZER_WS_PRECOMPILED", global = true)]
+    pub precompiled: Option<PathBuf>,
+    /// Cache for the compiled component [default: $XDG_CACHE_HOME/gitgazer-ws or ~/.cache/gitgazer-ws].
+    #[arg(long, env = "GITGAZER_WS_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not cache the compiled component.
+    #[arg(long, env = "GITGAZER_WS_NO_CACHE", global = true)]
+    pub no_cache: bool,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Port to listen on (0: any free port; the chosen one is logged).
+    #[arg(long, env = "PORT", default_value_t = 8081)]
+    pub port: u16,
+    /// Address to bind. Dev mode always binds 127.0.0.1.
+    #[arg(long, env = "BIND_ADDRESS", default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyTokenArgs {
+    /// The key set: a file path or an http(s) URL.
+    #[arg(long)]
+    pub jwks: String,
+    /// Verify as of this time (seconds since the Unix epoch) instead of now.
+    #[arg(long)]
+    pub now: Option<u64>,
+    /// The id token; `-` reads it from standard input (keeps it out of `ps`).
+    pub token: String,
+}
+
+#[derive(Debug, Args)]
+pub struct HandleEventArgs {
+    /// The event file; `-` or nothing reads standard input.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompileArgs {
+    /// Where to write the precompiled component.
+    #[arg(long, short)]
+    pub output: PathBuf,
+}
+
+/// Where tokens come from and what they must say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenMode {
+    /// A key made at start; tokens from `/dev/token`.
+    Dev,
+    /// A Cognito user pool.
+    Cognito {
+        region: String,
+        user_pool_id: String,
+        client_id: String,
+        jwks_url: String,
+    },
+}
+
+impl GlobalArgs {
+    /// Dev mode when no user pool is configured; else every Cognito setting
+    /// must be present and well-formed.
+    pub fn token_mode(&self) -> anyhow::Result<TokenMode> {
+        let Some(user_pool_id) = non_empty(&self.user_pool_id) else {
+            return Ok(TokenMode::Dev);
+        };
+        let region = non_empty(&self.region).ok_or_else(|| {
+            anyhow::anyhow!("AWS_REGION (--region) is required when COGNITO_USER_POOL_ID is set")
+        })?;
+        let client_id = non_empty(&self.client_id).ok_or_else(|| {
+            anyhow::anyhow!(
+                "COGNITO_CLIENT_ID (--client-id) is required when COGNITO_USER_POOL_ID is set"
+            )
+        })?;
+        validate_user_pool_id(user_pool_id, region)?;
+        let jwks_url = non_empty(&self.jwks_url)
+            .map(str::to_owned)
+            .unwrap_or_else(|| cognito_jwks_url(region, user_pool_id));
+        Ok(TokenMode::Cognito {
+            region: region.into(),
+            user_pool_id: user_pool_id.into(),
+            client_id: client_id.into(),
+            jwks_url,
+        })
+    }
+
+    pub fn policy_settings(&self, mode: &TokenMode) -> PolicySettings {
+        let (issuer, audience) = match mode {
+            TokenMode::Dev => (DEV_ISSUER.to_owned(), DEV_CLIENT_ID.to_owned()),
+            TokenMode::Cognito {
+                region,
+                user_pool_id,
+                client_id,
+                ..
+            } => (cognito_issuer(region, user_pool_id), client_id.clone()),
+        };
+        PolicySettings {
+            issuer,
+            audience,
+            leeway_seconds: self.leeway_seconds,
+            record_ttl_seconds: self.record_ttl_seconds,
+        }
+    }
+
+    pub fn engine_options(&self) -> EngineOptions {
+        let defaults = EngineOptions::default();
+        EngineOptions {
+            max_instances: self.max_instances.max(1),
+            max_memory_bytes: self.guest_memory_mib.max(1) << 20,
+            guest_time_budget: Duration::from_millis(self.guest_time_budget_ms.max(1)),
+            component: self.component.clone(),
+            precompiled: self.precompiled.clone(),
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir.clone().or(defaults.cache_dir)
+            },
+            pooling: defaults.pooling,
+        }
+    }
+}
+
+pub fn cognito_issuer(region: &str, user_pool_id: &str) -> String {
+    format!("https://cognito-idp.{region}.amazonaws.com/{user_pool_id}")
+}
+
+pub fn cognito_jwks_url(region: &str, user_pool_id: &str) -> String {
+    format!("{}/.well-known/jwks.json", cognito_issuer(region, user_pool_id))
+}
+
+/// `<region>_<id>`, the region being the configured one: a pool id from
+/// another region would make every token's issuer mismatch.
+pub fn validate_user_pool_id(user_pool_id: &str, region: &str) -> anyhow::Result<()> {
+    let well_formed = user_pool_id.split_once('_').is_some_and(|(pool_region, id)| {
+        is_region(pool_region) && !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric())
+    });
+    if !well_formed {
+        anyhow::bail!(
+            "COGNITO_USER_POOL_ID {user_pool_id:?} is not a user pool id of the form \
+             <region>_<id>, e.g. eu-west-1_AbCdEf123"
+        );
+    }
+    if !is_region(region) {
+        anyhow::bail!("AWS_REGION {region:?} is not a region name such as eu-west-1");
+    }
+    let pool_region = user_pool_id.split('_').next().unwrap_or_default();
+    if pool_region != region {
+        anyhow::bail!(
+            "COGNITO_USER_POOL_ID {user_pool_id:?} belongs to region {pool_region}, \
+             but AWS_REGION is {region}"
+        );
+    }
+    Ok(())
+}
+
+/// `eu-west-1`, `us-gov-west-1`, `ap-southeast-2`: lowercase words and a number.
+fn is_region(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').collect();
+    parts.len() >= 3
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+        && parts[parts.len() - 1]
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        && !parts[parts.len() - 1].is_empty()
+}
+
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_pool_ids_are_checked_against_the_region() {
+        assert!(validate_user_pool_id("eu-west-1_AbC123", "eu-west-1").is_ok());
+        assert!(validate_user_pool_id("us-gov-west-1_x9", "us-gov-west-1").is_ok());
+        for bad in ["", "eu-west-1", "eu-west-1_", "_abc", "EU-west-1_abc", "eu-west-1_a-b"] {
+            let err = validate_user_pool_id(bad, "eu-west-1").unwrap_err();
+            assert!(err.to_string().contains("<region>_<id>"), "{bad}: {err}");
+        }
+        let err = validate_user_pool_id("us-east-1_abc", "eu-west-1").unwrap_err();
+        assert!(err.to_string().contains("AWS_REGION is eu-west-1"), "{err}");
+    }
+
+    #[test]
+    fn cognito_mode_names_the_missing_variable() {
+        let cli = Cli::try_parse_from([
+            "gitgazer-ws",
+            "--user-pool-id",
+            "eu-west-1_abc",
+            "--region",
+            "eu-west-1",
+            "serve",
+        ])
+        .unwrap();
+        let err = cli.global.token_mode().unwrap_err().to_string();
+        assert!(err.contains("COGNITO_CLIENT_ID"), "{err}");
+    }
+}

@@ -1,0 +1,185 @@
+//! The `gitgazer-ws` binary: parses the command line and runs one command.
+
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+
+use clap::Parser;
+use gitgazer_ws::component::Verdict;
+use gitgazer_ws::config::{Cli, Command, GlobalArgs, LogFormat, TokenMode};
+use gitgazer_ws::http::{AppState, app};
+use gitgazer_ws::service::{Handler, new_request_id, unix_now};
+use gitgazer_ws::store::MemoryStore;
+use gitgazer_ws::{events, startup};
+use serde_json::json;
+use tracing_subscriber::EnvFilter;
+
+/// Exit codes of `verify-token` (and of any command's usage error).
+const EXIT_INVALID: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve(&cli.global, args.bind, args.port).await,
+        Command::VerifyToken(args) => {
+            verify_token(&cli.global, &args.jwks, args.now, &args.token).await
+        }
+        Command::HandleEvent(args) => handle_event(&cli.global, args.file.as_deref()).await,
+        Command::Compile(args) => {
+            let options = cli.global.engine_options();
+            let engine = gitgazer_ws::component::engine::build_engine(&options)?;
+            gitgazer_ws::component::engine::precompile_to(&engine, &options, &args.output)?;
+            println!("{}", args.output.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(global: &GlobalArgs, bind: IpAddr, port: u16) -> anyhow::Result<ExitCode> {
+    let started = startup::start(global).await?;
+    let bind = if started.mode == TokenMode::Dev {
+        if !bind.is_loopback() {
+            tracing::warn!(%bind, "dev mode binds 127.0.0.1 only; ignoring the requested address");
+        }
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        bind
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(bind, port))
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {bind}:{port}: {e}"))?;
+    let address = listener.local_addr()?;
+    if started.mode == TokenMode::Dev {
+        tracing::warn!(
+            "dev mode is ON: tokens are minted at http://{address}/dev/token and verified \
+             against a key made at start; set COGNITO_USER_POOL_ID for real tokens"
+        );
+    }
+    tracing::info!(%address, "listening");
+    let state = AppState {
+        handler: started.handler,
+        dev: started.dev,
+    };
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, let in-flight requests finish.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+async fn verify_token(
+    global: &GlobalArgs,
+    jwks: &str,
+    now: Option<u64>,
+    token: &str,
+) -> anyhow::Result<ExitCode> {
+    let mode = global.token_mode()?;
+    if mode == TokenMode::Dev {
+        anyhow::bail!("verify-token needs --region, --user-pool-id and --client-id");
+    }
+    let token = if token == "-" {
+        let mut input = String::new();
+        std::io::stdin().read_to_string(&mut input)?;
+        input.trim().to_owned()
+    } else {
+        token.to_owned()
+    };
+    let keys = startup::key_set_source(jwks)?;
+    let runtime = startup::load_runtime(global).await?;
+    let handler = Handler::new(
+        runtime,
+        std::sync::Arc::new(MemoryStore::new()),
+        keys,
+        global.policy_settings(&mode),
+    );
+    let verdict = handler
+        .verify_token(&token, now.unwrap_or_else(unix_now))
+        .await?;
+    let (line, code) = match verdict {
+        Verdict::Valid { sub, groups } => (
+            json!({ "valid": true, "sub": sub, "groups": groups }),
+            ExitCode::SUCCESS,
+        ),
+        Verdict::Invalid { reason } => (
+            json!({ "valid": false, "reason": reason }),
+            ExitCode::from(EXIT_INVALID),
+        ),
+    };
+    println!("{line}");
+    Ok(code)
+}
+
+async fn handle_event(
+    global: &GlobalArgs,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let bytes = match file {
+        Some(path) if path.as_os_str() != "-" => std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?,
+        _ => {
+            let mut input = Vec::new();
+            std::io::stdin().read_to_end(&mut input)?;
+            input
+        }
+    };
+    let started = startup::start(global).await?;
+    let request_id = new_request_id();
+    let response = events::handle_event_json(&started.handler, &bytes, Some(&request_id)).await;
+    println!("{}", serde_json::to_string(&response)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs go to stderr; `RUST_LOG` sets the filter (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,92 @@
+//! The handler every entry point shares (HTTP dev server, `/events`,
+//! `handle-event`, Lambda): it stamps each request with an id and the time
+//! and hands it to the policy component.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::component::{Capabilities, PolicyRuntime, PolicySettings, Reply, Verdict};
+use crate::keys::KeySetSource;
+use crate::store::ConnectionStore;
+
+#[derive(Clone)]
+pub struct Handler {
+    runtime: Arc<PolicyRuntime>,
+    caps: Capabilities,
+    settings: PolicySettings,
+}
+
+impl Handler {
+    pub fn new(
+        runtime: Arc<PolicyRuntime>,
+        store: Arc<dyn ConnectionStore>,
+        keys: Arc<dyn KeySetSource>,
+        settings: PolicySettings,
+    ) -> Self {
+        Self {
+            runtime,
+            caps: Capabilities { store, keys },
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &PolicySettings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &Arc<dyn ConnectionStore> {
+        &self.caps.store
+    }
+
+    /// A CONNECT with an optional id token.
+    pub async fn connect(
+        &self,
+        request_id: &str,
+        connection_id: &str,
+        id_token: Option<&str>,
+    ) -> Reply {
+        let reply = self
+            .runtime
+            .connect(
+                &self.caps,
+                request_id,
+                connection_id,
+                id_token,
+                unix_now(),
+                &self.settings,
+            )
+            .await;
+        tracing::info!(request_id, connection_id, status = reply.status, "CONNECT");
+        reply
+    }
+
+    /// A DISCONNECT.
+    pub async fn disconnect(&self, request_id: &str, connection_id: &str) -> Reply {
+        let reply = self
+            .runtime
+            .disconnect(&self.caps, request_id, connection_id)
+            .await;
+        tracing::info!(request_id, connection_id, status = reply.status, "DISCONNECT");
+        reply
+    }
+
+    /// Verifies a token at `now` (seconds since the Unix epoch).
+    pub async fn verify_token(&self, token: &str, now: u64) -> anyhow::Result<Verdict> {
+        self.runtime
+            .verify_token(&self.caps, token, now, &self.settings)
+            .await
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A fresh id for a request that came without one.
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

@@ -1,0 +1,83 @@
+//! Start-up: configuration turned into a running handler. The expensive
+//! parts (compiling or loading the component, building clients, making the
+//! dev key) happen here, once per process.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::component::PolicyRuntime;
+use crate::config::{GlobalArgs, TokenMode};
+use crate::dev::DevSigner;
+use crate::keys::{FetchLimits, KeySetSource, RemoteKeySet, StaticKeySet};
+use crate::service::Handler;
+use crate::store::{ConnectionStore, MemoryStore};
+
+pub struct Started {
+    pub handler: Handler,
+    /// Dev mode's signer; `None` in Cognito mode.
+    pub dev: Option<Arc<DevSigner>>,
+    pub mode: TokenMode,
+}
+
+/// Builds everything `serve`, `handle-event` and Lambda need.
+pub async fn start(global: &GlobalArgs) -> anyhow::Result<Started> {
+    let mode = global.token_mode()?;
+    let settings = global.policy_settings(&mode);
+    let runtime = load_runtime(global).await?;
+    let store = connection_store(global)?;
+
+    let (keys, dev): (Arc<dyn KeySetSource>, _) = match &mode {
+        TokenMode::Dev => {
+            let signer = tokio::task::spawn_blocking(DevSigner::generate).await??;
+            let keys = StaticKeySet::new(signer.jwks().to_owned(), "the dev key")?;
+            (Arc::new(keys), Some(Arc::new(signer)))
+        }
+        TokenMode::Cognito { jwks_url, .. } => {
+            let keys = key_set_source(jwks_url)?;
+            // Warm the cache so the first CONNECT does not wait; a failure
+            // here is not fatal, the next CONNECT tries again.
+            if let Err(reason) = keys.key_set(false).await {
+                tracing::warn!(%reason, "could not fetch the key set at start; will retry on demand");
+            }
+            (keys, None)
+        }
+    };
+    tracing::info!(
+        keys = %keys.describe(),
+        store = %store.describe(),
+        issuer = %settings.issuer,
+        "handler ready"
+    );
+    Ok(Started {
+        handler: Handler::new(runtime, store, keys, settings),
+        dev,
+        mode,
+    })
+}
+
+/// Compiling the component may take a second: off the async threads.
+pub async fn load_runtime(global: &GlobalArgs) -> anyhow::Result<Arc<PolicyRuntime>> {
+    let options = global.engine_options();
+    tokio::task::spawn_blocking(move || PolicyRuntime::new(options)).await?
+}
+
+/// A key set from an http(s) URL (fetched, cached) or a file (read once).
+pub fn key_set_source(location: &str) -> anyhow::Result<Arc<dyn KeySetSource>> {
+    if location.starts_with("https://") || location.starts_with("http://") {
+        return Ok(Arc::new(RemoteKeySet::new(location, FetchLimits::default())?));
+    }
+    let path = location.strip_prefix("file://").unwrap_or(location);
+    let json = std::fs::read_to_string(Path::new(path))
+        .map_err(|e| anyhow::anyhow!("reading the key set {path}: {e}"))?;
+    Ok(Arc::new(StaticKeySet::new(json, path)?))
+}
+
+fn connection_store(global: &GlobalArgs) -> anyhow::Result<Arc<dyn ConnectionStore>> {
+    match global.table_name.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(Arc::new(MemoryStore::new())),
+        Some(table) => anyhow::bail!(
+            "TABLE_NAME={table} asks for the DynamoDB store, which this build does not have yet; \
+             unset TABLE_NAME to keep records in memory"
+        ),
+    }
+}
