@@ -1,0 +1,91 @@
+//! A guest of the `ws-handler` world that misbehaves when asked to, through
+//! the CONNECT's connection id. The host must answer 500 within its limits
+//! and go on serving; any other connection id answers 200 with how many
+//! calls this instance has seen (always 1 if instances are never reused).
+
+mod bindings {
+    wit_bindgen::generate!({ path: "../../../wit", world: "ws-handler" });
+}
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bindings::exports::gitgazer::ws_handler::handler::Guest;
+use bindings::gitgazer::ws_handler::types::{
+    ConnectRequest, ConnectionRecord, DisconnectRequest, Identity, Response, Settings,
+    TokenRejection,
+};
+use bindings::gitgazer::ws_handler::{connections, log};
+
+static CALLS: AtomicU32 = AtomicU32::new(0);
+
+struct Misbehaving;
+
+impl Guest for Misbehaving {
+    fn handle_connect(req: ConnectRequest) -> Response {
+        let calls = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+        match req.connection_id.as_str() {
+            "loop" => loop {
+                std::hint::black_box(calls);
+            },
+            "trap" => panic!("asked to trap"),
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recurse" => Response {
+                status: 200,
+                body: recurse(u64::MAX).to_string(),
+            },
+            "log-flood" => {
+                for i in 0..100_000 {
+                    log::log(log::Level::Info, &format!("flood line {i}"));
+                }
+                Response {
+                    status: 200,
+                    body: "flooded".into(),
+                }
+            }
+            "store-then-trap" => {
+                let record = ConnectionRecord {
+                    integration_id: "doomed".into(),
+                    connection_id: req.connection_id.clone(),
+                    sub: "test".into(),
+                    connected_at: "1970-01-01T00:00:00Z".into(),
+                    expires_at: req.now + 60,
+                };
+                connections::put_all(&[record]).expect("store accepts the record");
+                panic!("trapping after storing a record");
+            }
+            _ => Response {
+                status: 200,
+                body: format!("calls in this instance: {calls}"),
+            },
+        }
+    }
+
+    fn handle_disconnect(_req: DisconnectRequest) -> Response {
+        Response {
+            status: 200,
+            body: "ok".into(),
+        }
+    }
+
+    fn verify_token(_token: String, _now: u64, _settings: Settings) -> Result<Identity, TokenRejection> {
+        Err(TokenRejection::Malformed)
+    }
+}
+
+/// Deep recursion the optimiser cannot turn into a loop.
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 16]);
+    if depth == 0 {
+        return frame[0];
+    }
+    recurse(depth - 1).wrapping_add(frame[3])
+}
+
+bindings::export!(Misbehaving with_types_in bindings);

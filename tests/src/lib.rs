@@ -1,0 +1,147 @@
+//! Helpers for the end-to-end tests: run the real `gitgazer-ws` binary, find
+//! its port, collect its logs; build tokens by hand for negative cases.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The release binary the README's build produces (`GITGAZER_WS_BIN`
+/// overrides). The test command builds it before running the tests.
+pub fn binary_path() -> PathBuf {
+    let path = std::env::var_os("GITGAZER_WS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/gitgazer-ws")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build --release`, or run ./scripts/test)",
+        path.display()
+    );
+    path
+}
+
+/// A test-local cache directory, so tests never touch the user's cache.
+pub fn test_cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-cache")
+}
+
+/// A running `gitgazer-ws serve`, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub base_url: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `serve --port 0` with the given env (over a clean slate of the
+    /// handler's own variables) and waits until it listens.
+    pub fn start(env: &[(&str, &str)]) -> Server {
+        Self::start_with_args(env, &[])
+    }
+
+    pub fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> Server {
+        let mut command = Command::new(binary_path());
+        for var in [
+            "AWS_REGION",
+            "COGNITO_USER_POOL_ID",
+            "COGNITO_CLIENT_ID",
+            "COGNITO_JWKS_URL",
+            "TABLE_NAME",
+            "PORT",
+            "RUST_LOG",
+        ] {
+            command.env_remove(var);
+        }
+        command
+            .args(["--log-format", "json", "serve", "--port", "0"])
+            .args(args)
+            .env("GITGAZER_WS_CACHE_DIR", test_cache_dir())
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("starting gitgazer-ws");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (address_tx, address_rx) = mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(address) = listening_address(&line) {
+                    let _ = address_tx.send(address);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let address = match address_rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "gitgazer-ws did not start listening; its log:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Server {
+            child,
+            base_url: format!("http://{address}"),
+            logs,
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("{}{}", self.base_url, path_and_query)
+    }
+
+    /// Everything the server has logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listening_address(line: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = value.get("fields")?;
+    if fields.get("message")?.as_str()? != "listening" {
+        return None;
+    }
+    Some(fields.get("address")?.as_str()?.to_owned())
+}
+
+/// A token-shaped string from arbitrary header and claims JSON and raw
+/// signature bytes, for cases no real signer would make.
+pub fn hand_made_token(header: &str, claims: &str, signature: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
