@@ -20,5 +20,8 @@ fn main() {
         ),
     };
     println!("cargo:rerun-if-changed={}", wasm.display());
-    println!("cargo:rustc-env=GITGAZER_WS_GUEST_WASM_PATH={}", wasm.display());
+    println!(
+        "cargo:rustc-env=GITGAZER_WS_GUEST_WASM_PATH={}",
+        wasm.display()
+    );
 }

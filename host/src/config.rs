@@ -80,7 +80,12 @@ pub struct GlobalArgs {
     #[arg(long, env = "GUEST_MEMORY_MIB", default_value_t = 64, global = true)]
     pub guest_memory_mib: usize,
     /// Guest CPU time one request may use, in milliseconds.
-    #[arg(long, env = "GUEST_TIME_BUDGET_MS", default_value_t = 1000, global = true)]
+    #[arg(
+        long,
+        env = "GUEST_TIME_BUDGET_MS",
+        default_value_t = 1000,
+        global = true
+    )]
     pub guest_time_budget_ms: u64,
     /// Run this component (.wasm) instead of the embedded policy.
     #[arg(long, env = "GITGAZER_WS_COMPONENT", global = true)]
@@ -95,7 +100,13 @@ pub struct GlobalArgs {
     #[arg(long, env = "GITGAZER_WS_NO_CACHE", global = true)]
     pub no_cache: bool,
     /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
 }
 
@@ -222,15 +233,22 @@ pub fn cognito_issuer(region: &str, user_pool_id: &str) -> String {
 }
 
 pub fn cognito_jwks_url(region: &str, user_pool_id: &str) -> String {
-    format!("{}/.well-known/jwks.json", cognito_issuer(region, user_pool_id))
+    format!(
+        "{}/.well-known/jwks.json",
+        cognito_issuer(region, user_pool_id)
+    )
 }
 
 /// `<region>_<id>`, the region being the configured one: a pool id from
 /// another region would make every token's issuer mismatch.
 pub fn validate_user_pool_id(user_pool_id: &str, region: &str) -> anyhow::Result<()> {
-    let well_formed = user_pool_id.split_once('_').is_some_and(|(pool_region, id)| {
-        is_region(pool_region) && !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric())
-    });
+    let well_formed = user_pool_id
+        .split_once('_')
+        .is_some_and(|(pool_region, id)| {
+            is_region(pool_region)
+                && !id.is_empty()
+                && id.chars().all(|c| c.is_ascii_alphanumeric())
+        });
     if !well_formed {
         anyhow::bail!(
             "COGNITO_USER_POOL_ID {user_pool_id:?} is not a user pool id of the form \
@@ -257,9 +275,7 @@ fn is_region(name: &str) -> bool {
         && parts[..parts.len() - 1]
             .iter()
             .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
-        && parts[parts.len() - 1]
-            .chars()
-            .all(|c| c.is_ascii_digit())
+        && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
         && !parts[parts.len() - 1].is_empty()
 }
 
@@ -275,7 +291,14 @@ mod tests {
     fn user_pool_ids_are_checked_against_the_region() {
         assert!(validate_user_pool_id("eu-west-1_AbC123", "eu-west-1").is_ok());
         assert!(validate_user_pool_id("us-gov-west-1_x9", "us-gov-west-1").is_ok());
-        for bad in ["", "eu-west-1", "eu-west-1_", "_abc", "EU-west-1_abc", "eu-west-1_a-b"] {
+        for bad in [
+            "",
+            "eu-west-1",
+            "eu-west-1_",
+            "_abc",
+            "EU-west-1_abc",
+            "eu-west-1_a-b",
+        ] {
             let err = validate_user_pool_id(bad, "eu-west-1").unwrap_err();
             assert!(err.to_string().contains("<region>_<id>"), "{bad}: {err}");
         }

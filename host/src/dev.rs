@@ -77,11 +77,17 @@ impl DevSigner {
         if !claims.groups.is_empty() {
             payload["cognito:groups"] = json!(claims.groups);
         }
+        self.sign(&payload)
+    }
+
+    /// Signs any claim set with this key (RS256, this key's kid). Tests use
+    /// it for tokens of other issuers and for deliberately wrong claims.
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
         let header = json!({ "alg": "RS256", "kid": self.kid, "typ": "JWT" });
         let signing_input = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(payload.to_string())
+            URL_SAFE_NO_PAD.encode(claims.to_string())
         );
         let signature = self.signing_key.sign(signing_input.as_bytes());
         format!(

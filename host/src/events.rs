@@ -71,7 +71,10 @@ pub async fn handle_event(
     match context.event_type.as_deref() {
         Some("CONNECT") => {
             let token = event.query_string_parameters.first("idToken");
-            handler.connect(&request_id, connection_id, token).await.into()
+            handler
+                .connect(&request_id, connection_id, token)
+                .await
+                .into()
         }
         Some("DISCONNECT") => handler.disconnect(&request_id, connection_id).await.into(),
         other => {

@@ -64,7 +64,11 @@ async fn connect(State(state): State<AppState>, Query(params): Query<ConnectPara
         .unwrap_or_else(|| DEFAULT_CONNECTION_ID.into());
     let reply = state
         .handler
-        .connect(&new_request_id(), &connection_id, params.id_token.as_deref())
+        .connect(
+            &new_request_id(),
+            &connection_id,
+            params.id_token.as_deref(),
+        )
         .await;
     text_reply(reply)
 }
@@ -116,7 +120,10 @@ struct DevTokenParams {
     ttl: Option<u64>,
 }
 
-async fn dev_token(State(state): State<AppState>, Query(params): Query<DevTokenParams>) -> Response {
+async fn dev_token(
+    State(state): State<AppState>,
+    Query(params): Query<DevTokenParams>,
+) -> Response {
     let Some(dev) = state.dev else {
         return StatusCode::NOT_FOUND.into_response();
     };

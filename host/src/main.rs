@@ -157,8 +157,9 @@ async fn handle_event(
     file: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
     let bytes = match file {
-        Some(path) if path.as_os_str() != "-" => std::fs::read(path)
-            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?,
+        Some(path) if path.as_os_str() != "-" => {
+            std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?
+        }
         _ => {
             let mut input = Vec::new();
             std::io::stdin().read_to_end(&mut input)?;

@@ -66,7 +66,12 @@ impl Handler {
             .runtime
             .disconnect(&self.caps, request_id, connection_id)
             .await;
-        tracing::info!(request_id, connection_id, status = reply.status, "DISCONNECT");
+        tracing::info!(
+            request_id,
+            connection_id,
+            status = reply.status,
+            "DISCONNECT"
+        );
         reply
     }
 

@@ -64,7 +64,10 @@ pub async fn load_runtime(global: &GlobalArgs) -> anyhow::Result<Arc<PolicyRunti
 /// A key set from an http(s) URL (fetched, cached) or a file (read once).
 pub fn key_set_source(location: &str) -> anyhow::Result<Arc<dyn KeySetSource>> {
     if location.starts_with("https://") || location.starts_with("http://") {
-        return Ok(Arc::new(RemoteKeySet::new(location, FetchLimits::default())?));
+        return Ok(Arc::new(RemoteKeySet::new(
+            location,
+            FetchLimits::default(),
+        )?));
     }
     let path = location.strip_prefix("file://").unwrap_or(location);
     let json = std::fs::read_to_string(Path::new(path))
@@ -73,7 +76,12 @@ pub fn key_set_source(location: &str) -> anyhow::Result<Arc<dyn KeySetSource>> {
 }
 
 fn connection_store(global: &GlobalArgs) -> anyhow::Result<Arc<dyn ConnectionStore>> {
-    match global.table_name.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+    match global
+        .table_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
         None => Ok(Arc::new(MemoryStore::new())),
         Some(table) => anyhow::bail!(
             "TABLE_NAME={table} asks for the DynamoDB store, which this build does not have yet; \

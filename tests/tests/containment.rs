@@ -54,7 +54,10 @@ async fn every_misbehaviour_is_contained_and_the_next_request_is_served() {
         );
         // A fresh instance serves the next request: had the trapped one been
         // reused, its call counter would be above 1.
-        assert_eq!(handler.connect("test", "ok", None).await, fresh_instance_reply());
+        assert_eq!(
+            handler.connect("test", "ok", None).await,
+            fresh_instance_reply()
+        );
     }
 }
 

@@ -35,12 +35,16 @@ async fn token_connect_disconnect_flow() {
     let server = Server::start(&[("RUST_LOG", "debug")]);
     let token = dev_token(&server, "sub=alice&groups=acme,globex,acme").await;
 
-    let (status, body) = get(&server.url(&format!("/connect?idToken={token}&connectionId=c1"))).await;
+    let (status, body) =
+        get(&server.url(&format!("/connect?idToken={token}&connectionId=c1"))).await;
     assert_eq!((status, body.as_str()), (200, "Connected."));
 
     // Duplicate groups collapse: two records, not three.
     let (status, body) = get(&server.url("/disconnect?connectionId=c1")).await;
-    assert_eq!((status, body.as_str()), (200, "Disconnected. Removed 2 records."));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "Disconnected. Removed 2 records.")
+    );
     let (status, body) = get(&server.url("/disconnect?connectionId=c1")).await;
     assert_eq!((status, body.as_str()), (200, "No records to disconnect."));
 
@@ -48,13 +52,22 @@ async fn token_connect_disconnect_flow() {
     let (status, _) = get(&server.url(&format!("/connect?idToken={token}"))).await;
     assert_eq!(status, 200);
     let (status, body) = get(&server.url("/disconnect")).await;
-    assert_eq!((status, body.as_str()), (200, "Disconnected. Removed 2 records."));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "Disconnected. Removed 2 records.")
+    );
 
     // Tokens are secrets: not in the log, not even at debug level.
     let logs = server.logs();
-    assert!(logs.contains("CONNECT"), "the log records requests:\n{logs}");
+    assert!(
+        logs.contains("CONNECT"),
+        "the log records requests:\n{logs}"
+    );
     let signature = token.rsplit('.').next().unwrap();
-    assert!(!logs.contains(signature), "the token leaked into the log:\n{logs}");
+    assert!(
+        !logs.contains(signature),
+        "the token leaked into the log:\n{logs}"
+    );
     assert!(logs.contains("dev mode is ON"), "{logs}");
 }
 
@@ -75,23 +88,27 @@ async fn each_error_row_over_http() {
     let parts: Vec<&str> = token.split('.').collect();
     let forged_claims = base64_json_edit(parts[1], "bob", "eve");
     let forged = format!("{}.{}.{}", parts[0], forged_claims, parts[2]);
-    let (status, body) = get(&server.url(&format!("/connect?idToken={forged}&connectionId=c2"))).await;
+    let (status, body) =
+        get(&server.url(&format!("/connect?idToken={forged}&connectionId=c2"))).await;
     assert_eq!((status, body.as_str()), (401, INVALID_TOKEN));
 
     // alg=none with the dev key's kid.
     let header = base64_decode(parts[0]).replace("RS256", "none");
     let none = hand_made_token(&header, &base64_decode(parts[1]), b"");
-    let (status, body) = get(&server.url(&format!("/connect?idToken={none}&connectionId=c2"))).await;
+    let (status, body) =
+        get(&server.url(&format!("/connect?idToken={none}&connectionId=c2"))).await;
     assert_eq!((status, body.as_str()), (401, INVALID_TOKEN));
 
     let no_groups = dev_token(&server, "sub=carol&groups=").await;
-    let (status, body) = get(&server.url(&format!("/connect?idToken={no_groups}&connectionId=c2"))).await;
+    let (status, body) =
+        get(&server.url(&format!("/connect?idToken={no_groups}&connectionId=c2"))).await;
     assert_eq!((status, body.as_str()), (401, NO_GROUPS));
 
     // An expired token (1 s lifetime, leeway 0).
     let short = dev_token(&server, "sub=dave&groups=acme&ttl=1").await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let (status, body) = get(&server.url(&format!("/connect?idToken={short}&connectionId=c2"))).await;
+    let (status, body) =
+        get(&server.url(&format!("/connect?idToken={short}&connectionId=c2"))).await;
     assert_eq!((status, body.as_str()), (401, INVALID_TOKEN));
 
     // None of the refused CONNECTs stored anything.
@@ -131,20 +148,45 @@ async fn api_gateway_events_over_http() {
         .to_string()
     };
 
-    let (status, body) = post(&server.url("/events"), event("CONNECT", serde_json::json!({ "idToken": token }))).await;
+    let (status, body) = post(
+        &server.url("/events"),
+        event("CONNECT", serde_json::json!({ "idToken": token })),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let response: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(response, serde_json::json!({ "statusCode": 200, "body": "Connected." }));
+    assert_eq!(
+        response,
+        serde_json::json!({ "statusCode": 200, "body": "Connected." })
+    );
 
-    let (status, body) = post(&server.url("/events"), event("CONNECT", serde_json::Value::Null)).await;
+    let (status, body) = post(
+        &server.url("/events"),
+        event("CONNECT", serde_json::Value::Null),
+    )
+    .await;
     assert_eq!(status, 401);
     assert_eq!(json_body(&body), NO_TOKEN);
 
-    let (status, body) = post(&server.url("/events"), event("MESSAGE", serde_json::Value::Null)).await;
-    assert_eq!((status, json_body(&body).as_str()), (400, "Invalid event type: MESSAGE"));
+    let (status, body) = post(
+        &server.url("/events"),
+        event("MESSAGE", serde_json::Value::Null),
+    )
+    .await;
+    assert_eq!(
+        (status, json_body(&body).as_str()),
+        (400, "Invalid event type: MESSAGE")
+    );
 
-    let (status, body) = post(&server.url("/events"), event("DISCONNECT", serde_json::Value::Null)).await;
-    assert_eq!((status, json_body(&body).as_str()), (200, "Disconnected. Removed 1 records."));
+    let (status, body) = post(
+        &server.url("/events"),
+        event("DISCONNECT", serde_json::Value::Null),
+    )
+    .await;
+    assert_eq!(
+        (status, json_body(&body).as_str()),
+        (200, "Disconnected. Removed 1 records.")
+    );
 
     let (status, body) = post(&server.url("/events"), "{not json").await;
     assert_eq!(status, 400);
@@ -164,7 +206,8 @@ async fn cognito_mode_without_a_reachable_key_set_answers_500() {
         ("COGNITO_JWKS_URL", "http://127.0.0.1:9/jwks.json"),
     ]);
     let token = hand_made_token(r#"{"alg":"RS256","kid":"k1"}"#, r#"{"sub":"x"}"#, &[1; 256]);
-    let (status, body) = get(&server.url(&format!("/connect?idToken={token}&connectionId=c3"))).await;
+    let (status, body) =
+        get(&server.url(&format!("/connect?idToken={token}&connectionId=c3"))).await;
     assert_eq!((status, body.as_str()), (500, "Internal server error."));
     // Dev endpoints do not exist outside dev mode.
     let (status, _) = get(&server.url("/dev/token")).await;
@@ -174,13 +217,16 @@ async fn cognito_mode_without_a_reachable_key_set_answers_500() {
 }
 
 fn json_body(proxy_response: &str) -> String {
-    let value: serde_json::Value = serde_json::from_str(proxy_response).expect("proxy response JSON");
+    let value: serde_json::Value =
+        serde_json::from_str(proxy_response).expect("proxy response JSON");
     value["body"].as_str().expect("body string").to_owned()
 }
 
 fn base64_decode(segment: &str) -> String {
     use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .unwrap();
     String::from_utf8(bytes).unwrap()
 }
 

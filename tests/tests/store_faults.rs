@@ -79,10 +79,22 @@ async fn store_errors_map_to_statuses_with_generic_bodies() {
     let token = signer.mint(&claims, unix_now());
     let runtime = runtime();
     let cases = [
-        (StoreError::Validation("item too large: secret detail".into()), 400),
-        (StoreError::Throttled("ProvisionedThroughputExceeded: secret detail".into()), 429),
-        (StoreError::NotFound("table gone: secret detail".into()), 404),
-        (StoreError::Unavailable("connection refused: secret detail".into()), 500),
+        (
+            StoreError::Validation("item too large: secret detail".into()),
+            400,
+        ),
+        (
+            StoreError::Throttled("ProvisionedThroughputExceeded: secret detail".into()),
+            429,
+        ),
+        (
+            StoreError::NotFound("table gone: secret detail".into()),
+            404,
+        ),
+        (
+            StoreError::Unavailable("connection refused: secret detail".into()),
+            500,
+        ),
         (StoreError::Other("boom: secret detail".into()), 500),
     ];
     for (error, status) in cases {
@@ -116,5 +128,8 @@ async fn no_key_set_answers_500_not_401() {
         &[7; 256],
     );
     let reply = handler.connect("r", "c1", Some(&token)).await;
-    assert_eq!((reply.status, reply.body.as_str()), (500, "Internal server error."));
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (500, "Internal server error.")
+    );
 }

@@ -133,18 +133,23 @@ pub fn load_component(engine: &Engine, options: &EngineOptions) -> anyhow::Resul
     if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
         match deserialize(engine, path) {
             Ok(component) => return Ok(component),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "stale compile cache entry"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "stale compile cache entry")
+            }
         }
     }
 
     let started = std::time::Instant::now();
     let component = Component::new(engine, &wasm)
         .map_err(|e| anyhow::anyhow!("compiling the guest component: {e}"))?;
-    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "compiled the guest component");
-    if let Some(path) = cached {
-        if let Err(e) = write_artifact(&component, &path) {
-            tracing::warn!(path = %path.display(), error = %e, "could not cache the compiled component");
-        }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "compiled the guest component"
+    );
+    if let Some(path) = cached
+        && let Err(e) = write_artifact(&component, &path)
+    {
+        tracing::warn!(path = %path.display(), error = %e, "could not cache the compiled component");
     }
     Ok(component)
 }
@@ -174,8 +179,7 @@ fn deserialize(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
     // configuration and fails if they differ. The files read here are ours:
     // written by `precompile_to` / the compile cache in a directory of the
     // user running the host, or given explicitly by the operator.
-    unsafe { Component::deserialize_file(engine, path) }
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    unsafe { Component::deserialize_file(engine, path) }.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn write_artifact(component: &Component, path: &Path) -> anyhow::Result<()> {
@@ -201,7 +205,9 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// compiled artifact depends on (wasmtime version, target, settings).
 fn cache_file_name(engine: &Engine, wasm: &[u8]) -> String {
     let mut engine_hasher = std::collections::hash_map::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut engine_hasher);
+    engine
+        .precompile_compatibility_hash()
+        .hash(&mut engine_hasher);
     let mut digest = Sha256::new();
     digest.update(wasm);
     digest.update(engine_hasher.finish().to_le_bytes());

@@ -116,7 +116,8 @@ impl connections::Host for RequestState {
         let store = self.caps.store.clone();
         let result = self.wait(store.put_all(&records)).await;
         if result.is_ok() {
-            self.written.extend(records.iter().map(ConnectionRecord::key));
+            self.written
+                .extend(records.iter().map(ConnectionRecord::key));
         }
         result.map_err(|e| self.report(e))
     }

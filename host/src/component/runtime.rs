@@ -45,9 +45,14 @@ impl Reply {
 /// A token's verdict, from `verify-token`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Valid { sub: String, groups: Vec<String> },
+    Valid {
+        sub: String,
+        groups: Vec<String>,
+    },
     /// The failure class, kebab-case as in the WIT (`bad-signature`, ...).
-    Invalid { reason: String },
+    Invalid {
+        reason: String,
+    },
 }
 
 pub struct PolicyRuntime {
@@ -226,8 +231,14 @@ async fn roll_back(store: &mut Store<RequestState>, request_id: &str) {
     }
     let connection_store: Arc<dyn ConnectionStore> = store.data().capabilities().store.clone();
     match connection_store.delete(&written).await {
-        Ok(_) => tracing::warn!(request_id, records = written.len(), "rolled back records of a failed CONNECT"),
-        Err(e) => tracing::error!(request_id, error = %e, records = written.len(), "could not roll back records of a failed CONNECT; their TTL will expire them"),
+        Ok(_) => tracing::warn!(
+            request_id,
+            records = written.len(),
+            "rolled back records of a failed CONNECT"
+        ),
+        Err(e) => {
+            tracing::error!(request_id, error = %e, records = written.len(), "could not roll back records of a failed CONNECT; their TTL will expire them")
+        }
     }
 }
 
