@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::component::{EngineOptions, PolicySettings};
 use crate::dev::{DEV_CLIENT_ID, DEV_ISSUER};
+use crate::store::{DynamoDbOptions, UnprocessedRetry};
 
 /// Records outlive the connection by a little: API Gateway closes a
 /// WebSocket after 2 h at most; 5 min more covers clock skew.
@@ -37,9 +38,20 @@ pub enum Command {
     VerifyToken(VerifyTokenArgs),
     /// Handles one API Gateway WebSocket event (JSON) and prints the proxy response.
     HandleEvent(HandleEventArgs),
+    /// Manages the DynamoDB table (TABLE_NAME).
+    #[command(subcommand)]
+    Table(TableCommand),
     /// Compiles the embedded policy component for this machine into FILE
     /// (load it with --precompiled to skip compiling at start).
     Compile(CompileArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TableCommand {
+    /// Creates the table (keys integrationId/connectionId, a KEYS_ONLY GSI on
+    /// connectionId, on-demand billing), waits until it is active, and
+    /// enables TTL on expiresAt. An existing table is kept.
+    Create,
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +79,9 @@ pub struct GlobalArgs {
         global = true
     )]
     pub connection_id_index: String,
+    /// Items per DynamoDB Query page (unset: DynamoDB's 1 MB pages).
+    #[arg(long, env = "DYNAMODB_QUERY_PAGE_LIMIT", global = true)]
+    pub query_page_limit: Option<u16>,
     /// Clock skew tolerated on exp, nbf and iat.
     #[arg(long, env = "JWT_LEEWAY_SECONDS", default_value_t = 0, global = true)]
     pub leeway_seconds: u32,
@@ -225,6 +240,20 @@ impl GlobalArgs {
             },
             pooling: defaults.pooling,
         }
+    }
+}
+
+impl GlobalArgs {
+    /// The table settings, when TABLE_NAME is set.
+    pub fn dynamodb_options(&self) -> Option<DynamoDbOptions> {
+        let table = non_empty(&self.table_name)?;
+        Some(DynamoDbOptions {
+            table: table.to_owned(),
+            connection_id_index: self.connection_id_index.clone(),
+            region: non_empty(&self.region).map(str::to_owned),
+            query_page_limit: self.query_page_limit.filter(|&n| n > 0).map(i32::from),
+            unprocessed_retry: UnprocessedRetry::default(),
+        })
     }
 }
 

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gitgazer_ws::component::Verdict;
-use gitgazer_ws::config::{Cli, Command, GlobalArgs, LogFormat, TokenMode};
+use gitgazer_ws::config::{Cli, Command, GlobalArgs, LogFormat, TableCommand, TokenMode};
 use gitgazer_ws::http::{AppState, app};
 use gitgazer_ws::service::{Handler, new_request_id, unix_now};
-use gitgazer_ws::store::MemoryStore;
+use gitgazer_ws::store::{DynamoDbStore, MemoryStore};
 use gitgazer_ws::{events, startup};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
@@ -48,6 +48,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verify_token(&cli.global, &args.jwks, args.now, &args.token).await
         }
         Command::HandleEvent(args) => handle_event(&cli.global, args.file.as_deref()).await,
+        Command::Table(TableCommand::Create) => {
+            let options = cli
+                .global
+                .dynamodb_options()
+                .ok_or_else(|| anyhow::anyhow!("table create needs TABLE_NAME (--table-name)"))?;
+            let table = options.table.clone();
+            DynamoDbStore::connect(options).await.create_table().await?;
+            println!("{table}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Compile(args) => {
             let options = cli.global.engine_options();
             let engine = gitgazer_ws::component::engine::build_engine(&options)?;

@@ -10,7 +10,7 @@ use crate::config::{GlobalArgs, TokenMode};
 use crate::dev::DevSigner;
 use crate::keys::{FetchLimits, KeySetSource, RemoteKeySet, StaticKeySet};
 use crate::service::Handler;
-use crate::store::{ConnectionStore, MemoryStore};
+use crate::store::{ConnectionStore, DynamoDbStore, MemoryStore};
 
 pub struct Started {
     pub handler: Handler,
@@ -24,7 +24,7 @@ pub async fn start(global: &GlobalArgs) -> anyhow::Result<Started> {
     let mode = global.token_mode()?;
     let settings = global.policy_settings(&mode);
     let runtime = load_runtime(global).await?;
-    let store = connection_store(global)?;
+    let store = connection_store(global).await;
 
     let (keys, dev): (Arc<dyn KeySetSource>, _) = match &mode {
         TokenMode::Dev => {
@@ -75,17 +75,10 @@ pub fn key_set_source(location: &str) -> anyhow::Result<Arc<dyn KeySetSource>> {
     Ok(Arc::new(StaticKeySet::new(json, path)?))
 }
 
-fn connection_store(global: &GlobalArgs) -> anyhow::Result<Arc<dyn ConnectionStore>> {
-    match global
-        .table_name
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
-        None => Ok(Arc::new(MemoryStore::new())),
-        Some(table) => anyhow::bail!(
-            "TABLE_NAME={table} asks for the DynamoDB store, which this build does not have yet; \
-             unset TABLE_NAME to keep records in memory"
-        ),
+/// DynamoDB when TABLE_NAME is set, else the embedded in-memory store.
+async fn connection_store(global: &GlobalArgs) -> Arc<dyn ConnectionStore> {
+    match global.dynamodb_options() {
+        Some(options) => Arc::new(DynamoDbStore::connect(options).await),
+        None => Arc::new(MemoryStore::new()),
     }
 }

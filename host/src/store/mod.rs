@@ -5,8 +5,10 @@
 //! connection's records or none, and deleting a missing record is not an
 //! error.
 
+mod dynamodb;
 mod memory;
 
+pub use dynamodb::{DynamoDbOptions, DynamoDbStore, UnprocessedRetry};
 pub use memory::MemoryStore;
 
 use std::fmt;
