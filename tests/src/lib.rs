@@ -1,5 +1,8 @@
 //! Helpers for the end-to-end tests: run the real `gitgazer-ws` binary, find
-//! its port, collect its logs; build tokens by hand for negative cases.
+//! its port, collect its logs; build tokens by hand for negative cases; run
+//! dynalite and a fault-injecting proxy in front of it.
+
+pub mod fault_proxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -43,6 +46,12 @@ impl Server {
     /// handler's own variables) and waits until it listens.
     pub fn start(env: &[(&str, &str)]) -> Server {
         Self::start_with_args(env, &[])
+    }
+
+    /// [`Server::start`] with owned variables (e.g. from [`dynamodb_env`]).
+    pub fn start_env(env: &[(String, String)]) -> Server {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Self::start_with_args(&env, &[])
     }
 
     pub fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> Server {
@@ -144,4 +153,135 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// The dynalite that `scripts/test` starts (`AWS_ENDPOINT_URL_DYNAMODB`).
+/// Missing means the tests were run without it: fail, never skip.
+pub fn dynalite_endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap_or_else(|_| {
+        panic!(
+            "AWS_ENDPOINT_URL_DYNAMODB is not set: the DynamoDB tests need dynalite. Run \
+             ./scripts/test, or `scripts/dynalite start && eval \"$(scripts/dynalite env)\"` first"
+        )
+    })
+}
+
+/// The env a host needs to reach a DynamoDB-protocol endpoint with dummy
+/// credentials.
+pub fn dynamodb_env(endpoint: &str, table: &str) -> Vec<(String, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL_DYNAMODB".into(), endpoint.into()),
+        ("AWS_ACCESS_KEY_ID".into(), "local".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "local".into()),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("TABLE_NAME".into(), table.into()),
+    ]
+}
+
+/// A table name no other test uses.
+pub fn unique_table(prefix: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        unix_now(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// Runs `gitgazer-ws table create` against an endpoint.
+pub fn create_table(endpoint: &str, table: &str) {
+    let output = Command::new(binary_path())
+        .args(["table", "create"])
+        .envs(dynamodb_env(endpoint, table))
+        .output()
+        .expect("running gitgazer-ws table create");
+    assert!(
+        output.status.success(),
+        "table create failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A dynalite process of a test's own, persisted in a directory so that it
+/// can be killed and started again with its data.
+pub struct OwnDynalite {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl OwnDynalite {
+    pub fn start(dir: PathBuf) -> OwnDynalite {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut dynalite = OwnDynalite {
+            child: None,
+            port,
+            dir,
+        };
+        dynalite.restart();
+        dynalite
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data directory; waits until it
+    /// answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let cli =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dynalite/node_modules/dynalite/cli.js");
+        assert!(
+            cli.exists(),
+            "{} is missing: run `npm ci --prefix tests/dynalite` (./scripts/test does)",
+            cli.display()
+        );
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let child = Command::new("node")
+            .arg(cli)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--createTableMs",
+                "0",
+                "--deleteTableMs",
+                "0",
+                "--updateTableMs",
+                "0",
+            ])
+            .arg("--path")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting dynalite with node");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dynalite did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for OwnDynalite {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

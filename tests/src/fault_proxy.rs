@@ -1,0 +1,206 @@
+//! A DynamoDB-protocol proxy that injects the faults no local server makes
+//! by itself: throttling and `UnprocessedItems`. It sits between the host
+//! and dynalite and forwards everything else unchanged, so the SDK, its
+//! retries and the store's own resubmissions all run for real.
+//!
+//! Only BatchWriteItem calls that *put* are faulted; deletes (rollbacks,
+//! DISCONNECTs) pass, so a test can watch a rollback succeed.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+const JSON_1_0: &str = "application/x-amz-json-1.0";
+
+/// What to do to the next put batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PutFault {
+    #[default]
+    None,
+    /// Answer the next `times` put batches with a throttling error.
+    Throttle { times: u32 },
+    /// Let `pass` put batches through, then throttle every later one.
+    ThrottleAfter { pass: u32 },
+    /// Write only the first half of the next `times` put batches and return
+    /// the rest as `UnprocessedItems`.
+    Unprocessed { times: u32 },
+    /// Return every put item as unprocessed, forever.
+    UnprocessedForever,
+}
+
+#[derive(Debug, Default)]
+struct ProxyState {
+    fault: PutFault,
+    put_batches_seen: u32,
+    faults_injected: u32,
+}
+
+#[derive(Clone)]
+struct Shared {
+    upstream: String,
+    client: reqwest::Client,
+    state: Arc<Mutex<ProxyState>>,
+}
+
+/// A running proxy; it stops with the test's runtime.
+pub struct FaultProxy {
+    pub endpoint: String,
+    state: Arc<Mutex<ProxyState>>,
+}
+
+impl FaultProxy {
+    /// Listens on 127.0.0.1 (a free port) and forwards to `upstream`.
+    pub async fn start(upstream: &str) -> FaultProxy {
+        let shared = Shared {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            client: reqwest::Client::new(),
+            state: Arc::default(),
+        };
+        let state = shared.state.clone();
+        let app = Router::new().fallback(forward).with_state(shared);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FaultProxy { endpoint, state }
+    }
+
+    pub fn set(&self, fault: PutFault) {
+        self.state.lock().unwrap().fault = fault;
+    }
+
+    /// How many faults were injected so far.
+    pub fn faults_injected(&self) -> u32 {
+        self.state.lock().unwrap().faults_injected
+    }
+}
+
+async fn forward(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let target = header(&headers, "x-amz-target");
+    let is_put_batch = target.ends_with(".BatchWriteItem")
+        && std::str::from_utf8(&body).is_ok_and(|b| b.contains("\"PutRequest\""));
+    let mut body = body.to_vec();
+    let mut unprocessed: Option<(String, Vec<Value>)> = None;
+    if is_put_batch {
+        let mut state = shared.state.lock().unwrap();
+        state.put_batches_seen += 1;
+        let seen = state.put_batches_seen;
+        let action = match state.fault {
+            PutFault::None => None,
+            PutFault::Throttle { times } if times > 0 => {
+                state.fault = PutFault::Throttle { times: times - 1 };
+                Some(true)
+            }
+            PutFault::ThrottleAfter { pass } if seen > pass => Some(true),
+            PutFault::Unprocessed { times } if times > 0 => {
+                state.fault = PutFault::Unprocessed { times: times - 1 };
+                Some(false)
+            }
+            PutFault::UnprocessedForever => Some(false),
+            _ => None,
+        };
+        match action {
+            Some(true) => {
+                state.faults_injected += 1;
+                return throttled();
+            }
+            Some(false) => {
+                state.faults_injected += 1;
+                let (kept, rest) = split_batch(&body);
+                body = kept;
+                unprocessed = Some(rest);
+            }
+            None => {}
+        }
+    }
+
+    let forwarded = if unprocessed.as_ref().is_some_and(|_| body_items(&body) == 0) {
+        // Nothing left to write: answer without asking upstream.
+        None
+    } else {
+        let mut request = shared
+            .client
+            .post(format!("{}/", shared.upstream))
+            .body(body);
+        for name in [
+            "x-amz-target",
+            "authorization",
+            "x-amz-date",
+            "content-type",
+        ] {
+            if let Some(value) = headers.get(name) {
+                request = request.header(name, value.clone());
+            }
+        }
+        match request.send().await {
+            Ok(response) => Some(response),
+            Err(_) => return (StatusCode::BAD_GATEWAY, "upstream down").into_response(),
+        }
+    };
+
+    let (status, mut answer) = match forwarded {
+        None => (StatusCode::OK, json!({ "UnprocessedItems": {} })),
+        Some(response) => {
+            let status = response.status();
+            let bytes = response.bytes().await.unwrap_or_default();
+            match serde_json::from_slice::<Value>(&bytes) {
+                Ok(value) => (status, value),
+                Err(_) => return (status, bytes).into_response(),
+            }
+        }
+    };
+    if let (Some((table, rest)), true) = (unprocessed, status.is_success()) {
+        answer["UnprocessedItems"] = json!({ table: rest });
+    }
+    (status, [("content-type", JSON_1_0)], answer.to_string()).into_response()
+}
+
+fn throttled() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        [("content-type", JSON_1_0)],
+        json!({
+            "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+            "message": "Injected by the test proxy: throughput exceeded"
+        })
+        .to_string(),
+    )
+        .into_response()
+}
+
+/// Keeps the first half of the batch's requests; returns the table and the
+/// other half.
+fn split_batch(body: &[u8]) -> (Vec<u8>, (String, Vec<Value>)) {
+    let mut request: Value = serde_json::from_slice(body).expect("BatchWriteItem JSON");
+    let items = request["RequestItems"]
+        .as_object_mut()
+        .expect("RequestItems");
+    let (table, writes) = items.iter_mut().next().expect("one table");
+    let table = table.clone();
+    let writes = writes.as_array_mut().expect("write requests");
+    let keep = writes.len() / 2;
+    let rest = writes.split_off(keep);
+    (request.to_string().into_bytes(), (table, rest))
+}
+
+fn body_items(body: &[u8]) -> usize {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v["RequestItems"]
+                .as_object()
+                .map(|m| m.values().filter_map(Value::as_array).map(Vec::len).sum())
+        })
+        .unwrap_or(0)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
