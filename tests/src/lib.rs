@@ -3,6 +3,7 @@
 //! dynalite and a fault-injecting proxy in front of it.
 
 pub mod fault_proxy;
+pub mod jwks_server;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -1,8 +1,10 @@
 //! A key set fetched over HTTP(S) and cached (Cognito mode).
 //!
 //! - fetched once, then served from the cache;
-//! - a refresh (unknown kid) refetches at most once per cool-down, so a
-//!   flood of random kids cannot become a flood of fetches;
+//! - a refresh (an unknown kid) refetches at most once per cool-down, so a
+//!   flood of random kids cannot become a flood of fetches; the cool-down
+//!   starts at a refresh, not at the first fetch, so a key rotation is picked
+//!   up by the first token that uses the new key;
 //! - concurrent fetches merge into one request;
 //! - a failed refetch keeps the last good set.
 //!
@@ -41,8 +43,8 @@ impl Default for FetchLimits {
 #[derive(Default)]
 struct CacheState {
     key_set: Option<Arc<str>>,
-    /// When the last fetch (successful or not) started.
-    last_fetch: Option<Instant>,
+    /// When the last refetch asked for by an unknown kid started.
+    last_refresh: Option<Instant>,
     /// When the last fetch failed, and why.
     last_failure: Option<(Instant, String)>,
     /// Bumped by each completed fetch, so waiters can tell one happened.
@@ -132,7 +134,7 @@ impl KeySetSource for RemoteKeySet {
                 (Some(set), false) => return Ok(set.clone()),
                 (Some(set), true) => {
                     let cooling = state
-                        .last_fetch
+                        .last_refresh
                         .is_some_and(|at| at.elapsed() < self.limits.refresh_cooldown);
                     if cooling {
                         return Ok(set.clone());
@@ -160,7 +162,9 @@ impl KeySetSource for RemoteKeySet {
                     .ok_or_else(|| format!("key set unavailable from {}", self.url));
             }
         }
-        self.lock().last_fetch = Some(Instant::now());
+        if refresh {
+            self.lock().last_refresh = Some(Instant::now());
+        }
         let fetched = self.fetch().await;
         let mut state = self.lock();
         state.generation += 1;
