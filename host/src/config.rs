@@ -26,14 +26,18 @@ pub const DEFAULT_RECORD_TTL_SECONDS: u32 = 2 * 3600 + 5 * 60;
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
+    /// Without a command: the Lambda runtime when AWS_LAMBDA_RUNTIME_API is
+    /// set (the `bootstrap` of a Lambda zip), else this help.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs the HTTP server (the dev server when COGNITO_USER_POOL_ID is unset).
     Serve(ServeArgs),
+    /// Serves the AWS Lambda Runtime API loop (API Gateway WebSocket events).
+    Lambda,
     /// Verifies one id token and prints one line of JSON; exit 0 valid, 1 invalid, 2 usage.
     VerifyToken(VerifyTokenArgs),
     /// Handles one API Gateway WebSocket event (JSON) and prints the proxy response.
@@ -105,7 +109,8 @@ pub struct GlobalArgs {
     /// Run this component (.wasm) instead of the embedded policy.
     #[arg(long, env = "GITGAZER_WS_COMPONENT", global = true)]
     pub component: Option<PathBuf>,
-    /// A precompiled component (from `gitgazer-ws compile`) to load.
+    /// A precompiled component (from `gitgazer-ws compile`) to load
+    /// [default: gitgazer-ws.cwasm beside the executable, when present].
     #[arg(long, env = "GITGAZER_WS_PRECOMPILED", global = true)]
     pub precompiled: Option<PathBuf>,
     /// Cache for the compiled component [default: $XDG_CACHE_HOME/gitgazer-ws or ~/.cache/gitgazer-ws].
@@ -164,6 +169,10 @@ pub struct CompileArgs {
     /// Where to write the precompiled component.
     #[arg(long, short)]
     pub output: PathBuf,
+    /// Compile for any x86_64/aarch64 CPU of this architecture (no features
+    /// of this machine's CPU assumed): for shipping, e.g. in the Lambda zip.
+    #[arg(long)]
+    pub portable: bool,
 }
 
 /// Where tokens come from and what they must say.
@@ -232,7 +241,10 @@ impl GlobalArgs {
             max_memory_bytes: self.guest_memory_mib.max(1) << 20,
             guest_time_budget: Duration::from_millis(self.guest_time_budget_ms.max(1)),
             component: self.component.clone(),
-            precompiled: self.precompiled.clone(),
+            precompiled: self
+                .precompiled
+                .clone()
+                .or_else(precompiled_beside_executable),
             cache_dir: if self.no_cache {
                 None
             } else {
@@ -256,6 +268,19 @@ impl GlobalArgs {
         })
     }
 }
+
+/// `gitgazer-ws.cwasm` next to the running executable (how the Lambda zip
+/// ships it beside `bootstrap`).
+pub fn precompiled_beside_executable() -> Option<PathBuf> {
+    let path = std::env::current_exe()
+        .ok()?
+        .parent()?
+        .join(PRECOMPILED_FILE_NAME);
+    path.exists().then_some(path)
+}
+
+/// The precompiled component's file name beside the executable.
+pub const PRECOMPILED_FILE_NAME: &str = "gitgazer-ws.cwasm";
 
 pub fn cognito_issuer(region: &str, user_pool_id: &str) -> String {
     format!("https://cognito-idp.{region}.amazonaws.com/{user_pool_id}")

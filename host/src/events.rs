@@ -28,10 +28,21 @@ impl From<Reply> for ProxyResponse {
 
 /// Decodes an event from JSON bytes; a bad event is a 400 with the reason.
 pub fn decode_event(bytes: &[u8]) -> Result<ApiGatewayWebsocketProxyRequest, ProxyResponse> {
-    serde_json::from_slice(bytes).map_err(|e| ProxyResponse {
+    serde_json::from_slice(bytes).map_err(invalid_event)
+}
+
+/// Decodes an event already parsed as JSON (the Lambda runtime's payload).
+pub fn decode_event_value(
+    value: serde_json::Value,
+) -> Result<ApiGatewayWebsocketProxyRequest, ProxyResponse> {
+    serde_json::from_value(value).map_err(invalid_event)
+}
+
+fn invalid_event(error: serde_json::Error) -> ProxyResponse {
+    ProxyResponse {
         status_code: 400,
-        body: format!("Invalid event: {}", mask_long_strings(&e.to_string())),
-    })
+        body: format!("Invalid event: {}", mask_long_strings(&error.to_string())),
+    }
 }
 
 /// serde quotes offending values in its messages; a long one may be a token,

@@ -19,6 +19,7 @@ pub mod dev;
 pub mod events;
 pub mod http;
 pub mod keys;
+pub mod lambda;
 pub mod service;
 pub mod startup;
 pub mod store;

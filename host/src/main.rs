@@ -20,7 +20,9 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.global.log_format);
+    let lambda = matches!(cli.command, Some(Command::Lambda))
+        || (cli.command.is_none() && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some());
+    init_logging(cli.global.log_format, lambda);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -42,7 +44,19 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+    let Some(command) = cli.command else {
+        if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+            gitgazer_ws::lambda::run(&cli.global).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let _ = <Cli as clap::CommandFactory>::command().print_help();
+        return Ok(ExitCode::from(EXIT_USAGE));
+    };
+    match command {
+        Command::Lambda => {
+            gitgazer_ws::lambda::run(&cli.global).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve(args) => serve(&cli.global, args.bind, args.port).await,
         Command::VerifyToken(args) => {
             verify_token(&cli.global, &args.jwks, args.now, &args.token).await
@@ -60,7 +74,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Compile(args) => {
             let options = cli.global.engine_options();
-            let engine = gitgazer_ws::component::engine::build_engine(&options)?;
+            let engine = if args.portable {
+                gitgazer_ws::component::engine::build_portable_engine()?
+            } else {
+                gitgazer_ws::component::engine::build_engine(&options)?
+            };
             gitgazer_ws::component::engine::precompile_to(&engine, &options, &args.output)?;
             println!("{}", args.output.display());
             Ok(ExitCode::SUCCESS)
@@ -183,14 +201,24 @@ async fn handle_event(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Logs go to stderr; `RUST_LOG` sets the filter (default `info`).
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logs go to stderr; `RUST_LOG` sets the filter (default `info`). Under
+/// Lambda: JSON lines, and `AWS_LAMBDA_LOG_LEVEL` (the function's log-level
+/// setting) wins over `RUST_LOG`.
+fn init_logging(format: LogFormat, lambda: bool) {
+    let lambda_level = lambda
+        .then(|| std::env::var("AWS_LAMBDA_LOG_LEVEL").ok())
+        .flatten()
+        .map(|level| level.to_lowercase());
+    let filter = match lambda_level {
+        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    if lambda || format == LogFormat::Json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
     }
 }

@@ -78,6 +78,21 @@ fn base_config() -> Config {
     config
 }
 
+/// An engine that compiles for any CPU of this machine's architecture: no
+/// CPU feature of the build machine is assumed, so the artifact loads on
+/// whatever CPU the deployment runs (it may be a little slower).
+pub fn build_portable_engine() -> anyhow::Result<Engine> {
+    if std::env::consts::OS != "linux" {
+        anyhow::bail!("portable precompiling is supported on Linux only");
+    }
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let mut config = base_config();
+    config
+        .target(&triple)
+        .map_err(|e| anyhow::anyhow!("target {triple}: {e}"))?;
+    Engine::new(&config).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e}"))
+}
+
 /// Builds the engine: pooling allocator when it can be reserved, on-demand
 /// otherwise (constrained hosts such as Lambda may refuse the reservation).
 pub fn build_engine(options: &EngineOptions) -> anyhow::Result<Engine> {
@@ -117,7 +132,10 @@ pub fn load_component(engine: &Engine, options: &EngineOptions) -> anyhow::Resul
     let wasm = guest_bytes(options)?;
     if let Some(path) = &options.precompiled {
         match deserialize(engine, path) {
-            Ok(component) => return Ok(component),
+            Ok(component) => {
+                tracing::info!(path = %path.display(), "precompiled component loaded");
+                return Ok(component);
+            }
             Err(e) => tracing::warn!(
                 path = %path.display(),
                 error = %e,

@@ -1,0 +1,100 @@
+//! The AWS Lambda entry: the same handler behind API Gateway WebSocket
+//! (`$connect` / `$disconnect` routes, AWS_PROXY integration).
+//!
+//! The payload is taken as raw JSON and decoded here, so an event that does
+//! not decode is answered 400 like any other bad event, instead of becoming
+//! a runtime error. Start-up (config, clients, the precompiled component)
+//! happens once per execution environment; a failure there is reported to
+//! the Runtime API's `/init/error` with the message naming the problem.
+
+use std::convert::Infallible;
+
+use lambda_runtime::{LambdaEvent, service_fn};
+use tracing::Instrument;
+
+use crate::config::GlobalArgs;
+use crate::events::{ProxyResponse, decode_event_value, handle_event};
+use crate::service::Handler;
+use crate::startup;
+
+/// What the Lambda environment always sets, and `lambda_runtime` requires.
+const REQUIRED_LAMBDA_VARIABLES: [&str; 4] = [
+    "AWS_LAMBDA_RUNTIME_API",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+];
+
+/// Runs the Runtime API loop until the environment is shut down.
+pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
+    // lambda_runtime panics without these; say plainly what is missing.
+    for variable in REQUIRED_LAMBDA_VARIABLES {
+        if std::env::var_os(variable).is_none() {
+            anyhow::bail!(
+                "{variable} is not set: the Lambda entry runs inside AWS Lambda or a Runtime API \
+                 emulator, which set {}",
+                REQUIRED_LAMBDA_VARIABLES.join(", ")
+            );
+        }
+    }
+    let started = match startup::start(global).await {
+        Ok(started) => started,
+        Err(error) => {
+            report_init_error(&format!("{error:#}")).await;
+            return Err(error);
+        }
+    };
+    let handler = started.handler;
+    tracing::info!("Lambda runtime loop starting");
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handle(&handler, event).await) }
+    }))
+    .await
+    .map_err(|e| anyhow::anyhow!("Lambda runtime: {e}"))
+}
+
+/// One invocation: decode, dispatch, answer. Never fails: every problem is
+/// a proxy response (400 for a bad event, 500 for a failure inside).
+pub async fn handle(handler: &Handler, event: LambdaEvent<serde_json::Value>) -> ProxyResponse {
+    let request_id = event.context.request_id;
+    let decoded = decode_event_value(event.payload);
+    let connection_id = decoded
+        .as_ref()
+        .ok()
+        .and_then(|e| e.request_context.connection_id.clone())
+        .unwrap_or_default();
+    // Every log line of this invocation carries both ids; never the token.
+    let span =
+        tracing::info_span!("invocation", request_id = %request_id, connection_id = %connection_id);
+    async {
+        match decoded {
+            Ok(event) => handle_event(handler, &event, Some(&request_id)).await,
+            Err(response) => {
+                tracing::warn!(reason = %response.body, "event did not decode");
+                response
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Tells the Runtime API why the environment could not start, so the error
+/// shows in the function's invocation result, not only in its logs.
+async fn report_init_error(message: &str) {
+    let Ok(api) = std::env::var("AWS_LAMBDA_RUNTIME_API") else {
+        return;
+    };
+    let body = serde_json::json!({ "errorType": "Runtime.InitError", "errorMessage": message });
+    let result = reqwest::Client::new()
+        .post(format!("http://{api}/2018-06-01/runtime/init/error"))
+        .header("Lambda-Runtime-Function-Error-Type", "Runtime.InitError")
+        .body(body.to_string())
+        .timeout(std::time::Duration::from_secs(2))
+        .send()
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "could not report the init error to the Runtime API");
+    }
+}
