@@ -4,6 +4,7 @@
 
 pub mod fault_proxy;
 pub mod jwks_server;
+pub mod lambda_emulator;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

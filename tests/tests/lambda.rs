@@ -1,0 +1,290 @@
+//! The Lambda entry: real API Gateway WebSocket events through the handler
+//! function, and the packaged `bootstrap` against a Runtime API emulator.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use gitgazer_ws::component::{EngineOptions, PolicyRuntime, PolicySettings};
+use gitgazer_ws::dev::DevSigner;
+use gitgazer_ws::keys::StaticKeySet;
+use gitgazer_ws::service::Handler;
+use gitgazer_ws::store::MemoryStore;
+use gitgazer_ws_tests::jwks_server::{JwksMode, JwksServer};
+use gitgazer_ws_tests::lambda_emulator::{Outcome, RuntimeApiEmulator};
+use gitgazer_ws_tests::{test_cache_dir, unix_now};
+use lambda_runtime::{Context, LambdaEvent};
+use serde_json::{Value, json};
+
+const REGION: &str = "eu-west-1";
+const POOL: &str = "eu-west-1_Lambda1";
+const CLIENT: &str = "lambda-client";
+
+fn fixture(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/apigw")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// The CONNECT fixture with this token (or no query string at all).
+fn connect_event(token: Option<&str>, connection_id: &str) -> Value {
+    let mut event = fixture("connect.json");
+    event["requestContext"]["connectionId"] = json!(connection_id);
+    event["queryStringParameters"] = match token {
+        Some(token) => json!({ "idToken": token }),
+        None => Value::Null,
+    };
+    event["multiValueQueryStringParameters"] = Value::Null;
+    event
+}
+
+fn disconnect_event(connection_id: &str) -> Value {
+    let mut event = fixture("disconnect.json");
+    event["requestContext"]["connectionId"] = json!(connection_id);
+    event
+}
+
+fn message_event() -> Value {
+    let mut event = fixture("connect.json");
+    event["requestContext"]["eventType"] = json!("MESSAGE");
+    event["requestContext"]["routeKey"] = json!("$default");
+    event
+}
+
+fn cognito_token(signer: &DevSigner) -> String {
+    let now = unix_now();
+    signer.sign(&json!({
+        "sub": "lambda-user",
+        "iss": format!("https://cognito-idp.{REGION}.amazonaws.com/{POOL}"),
+        "aud": CLIENT,
+        "token_use": "id",
+        "iat": now,
+        "exp": now + 600,
+        "cognito:groups": ["acme", "globex"],
+    }))
+}
+
+fn proxy(status: u16, body: &str) -> Value {
+    json!({ "statusCode": status, "body": body })
+}
+
+#[tokio::test]
+async fn real_events_through_the_handler_function() {
+    let signer = DevSigner::generate().unwrap();
+    let runtime = PolicyRuntime::new(EngineOptions {
+        cache_dir: Some(test_cache_dir()),
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    let keys = Arc::new(StaticKeySet::new(signer.jwks().to_owned(), "test").unwrap());
+    let settings = PolicySettings {
+        issuer: format!("https://cognito-idp.{REGION}.amazonaws.com/{POOL}"),
+        audience: CLIENT.into(),
+        leeway_seconds: 0,
+        record_ttl_seconds: 7500,
+    };
+    let store = Arc::new(MemoryStore::new());
+    let handler = Handler::new(runtime, store.clone(), keys, settings);
+    let invoke = |payload: Value| {
+        let handler = handler.clone();
+        async move {
+            let mut context = Context::default();
+            context.request_id = "lambda-request-1".into();
+            let response =
+                gitgazer_ws::lambda::handle(&handler, LambdaEvent::new(payload, context)).await;
+            serde_json::to_value(response).unwrap()
+        }
+    };
+
+    let token = cognito_token(&signer);
+    assert_eq!(
+        invoke(connect_event(Some(&token), "TWegAcC4EowCHnA=")).await,
+        proxy(200, "Connected.")
+    );
+    assert_eq!(store.snapshot().len(), 2);
+    assert_eq!(
+        invoke(connect_event(None, "x=")).await,
+        proxy(401, "Unauthorized: No authentication token provided")
+    );
+    assert_eq!(
+        invoke(fixture("connect-without-method.json")).await,
+        proxy(401, "Unauthorized: No authentication token provided")
+    );
+    assert_eq!(
+        invoke(message_event()).await,
+        proxy(400, "Invalid event type: MESSAGE")
+    );
+    assert_eq!(
+        invoke(disconnect_event("TWegAcC4EowCHnA=")).await,
+        proxy(200, "Disconnected. Removed 2 records.")
+    );
+    assert!(store.snapshot().is_empty());
+    for malformed in [
+        json!([1, 2, 3]),
+        json!({ "requestContext": 5 }),
+        json!("text"),
+    ] {
+        let response = invoke(malformed.clone()).await;
+        assert_eq!(response["statusCode"], 400, "{malformed}");
+        assert!(
+            response["body"]
+                .as_str()
+                .unwrap()
+                .starts_with("Invalid event:"),
+            "{response}"
+        );
+    }
+}
+
+/// Unpacks the Lambda zip that `scripts/test` builds, keeping file modes
+/// (a `bootstrap` without its executable bit would not start on Lambda).
+fn unpack_lambda_zip(into: &Path) -> PathBuf {
+    let zip_path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/lambda/gitgazer-ws.zip");
+    assert!(
+        zip_path.exists(),
+        "{} is missing: run scripts/package-lambda (./scripts/test does)",
+        zip_path.display()
+    );
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
+    let names: Vec<String> = archive
+        .file_names()
+        .map(|name| name.expect("entry name").into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    std::fs::create_dir_all(into).unwrap();
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).unwrap();
+        let path = into.join(entry.name().expect("entry name").as_ref());
+        let mut file = std::fs::File::create(&path).unwrap();
+        std::io::copy(&mut entry, &mut file).unwrap();
+        let mode = entry.unix_mode().expect("unix mode recorded");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let bootstrap = into.join("bootstrap");
+    let mode = std::fs::metadata(&bootstrap).unwrap().permissions().mode();
+    assert!(mode & 0o111 != 0, "bootstrap is not executable: {mode:o}");
+    assert!(into.join("gitgazer-ws.cwasm").exists());
+    bootstrap
+}
+
+fn start_bootstrap(bootstrap: &Path, runtime_api: &str, env: &[(&str, &str)]) -> Child {
+    Command::new(bootstrap)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "gitgazer-ws")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_LOG_LEVEL", "DEBUG")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting bootstrap")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_packaged_bootstrap_serves_events_and_survives_a_malformed_one() {
+    let dir = test_cache_dir().join(format!("lambda-{}", std::process::id()));
+    let bootstrap = unpack_lambda_zip(&dir);
+    let signer = DevSigner::generate().unwrap();
+    let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
+    let emulator = RuntimeApiEmulator::start().await;
+    let mut child = start_bootstrap(
+        &bootstrap,
+        &emulator.address,
+        &[
+            ("AWS_REGION", REGION),
+            ("COGNITO_USER_POOL_ID", POOL),
+            ("COGNITO_CLIENT_ID", CLIENT),
+            ("COGNITO_JWKS_URL", &jwks.url),
+        ],
+    );
+
+    let token = cognito_token(&signer);
+    let outcomes = [
+        (
+            connect_event(Some(&token), "conn-1="),
+            proxy(200, "Connected."),
+        ),
+        (json!({ "requestContext": "not an object" }), Value::Null),
+        (
+            connect_event(None, "conn-2="),
+            proxy(401, "Unauthorized: No authentication token provided"),
+        ),
+        (message_event(), proxy(400, "Invalid event type: MESSAGE")),
+        (
+            disconnect_event("conn-1="),
+            proxy(200, "Disconnected. Removed 2 records."),
+        ),
+        (
+            disconnect_event("conn-1="),
+            proxy(200, "No records to disconnect."),
+        ),
+    ];
+    for (event, expected) in outcomes {
+        let outcome = emulator.invoke(event).await;
+        let Outcome::Response(response) = outcome else {
+            panic!("the function reported an error: {outcome:?}");
+        };
+        if expected.is_null() {
+            assert_eq!(response["statusCode"], 400, "{response}");
+        } else {
+            assert_eq!(response, expected);
+        }
+    }
+    assert!(child.try_wait().unwrap().is_none(), "bootstrap exited");
+    assert_eq!(jwks.requests(), 1);
+
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&output.stderr);
+    // JSON lines carrying the Lambda request id and the connection id...
+    let invocation_line = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "CONNECT")
+        .unwrap_or_else(|| panic!("no JSON CONNECT line in:\n{logs}"));
+    assert_eq!(
+        invocation_line["span"]["request_id"], "req-0001",
+        "{invocation_line}"
+    );
+    assert_eq!(
+        invocation_line["span"]["connection_id"], "conn-1=",
+        "{invocation_line}"
+    );
+    // ...loaded from the packaged precompiled component, no JIT...
+    assert!(logs.contains("precompiled component loaded"), "{logs}");
+    assert!(!logs.contains("compiled the guest component"), "{logs}");
+    // ...and never the token.
+    assert!(
+        !logs.contains(&token[token.len() - 40..]),
+        "the token leaked:\n{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_configuration_fails_the_init_naming_the_variable() {
+    let dir = test_cache_dir().join(format!("lambda-init-{}", std::process::id()));
+    let bootstrap = unpack_lambda_zip(&dir);
+    let emulator = RuntimeApiEmulator::start().await;
+    let child = start_bootstrap(
+        &bootstrap,
+        &emulator.address,
+        &[("AWS_REGION", REGION), ("COGNITO_USER_POOL_ID", POOL)],
+    );
+    let (body, kind) = emulator.wait_init_error().await;
+    assert_eq!(kind, "Runtime.InitError");
+    assert!(
+        body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("COGNITO_CLIENT_ID"),
+        "{body}"
+    );
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+}
