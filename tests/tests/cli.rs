@@ -179,3 +179,39 @@ fn handle_event_reads_an_event_and_prints_the_proxy_response() {
             .starts_with("Invalid event:")
     );
 }
+
+#[test]
+fn a_precompiled_component_that_does_not_fit_is_compiled_instead_with_a_warning() {
+    let dir = test_cache_dir().join("cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let stale = dir.join("stale.cwasm");
+    // Not a wasmtime artifact of this build (as after an upgrade, or a
+    // corrupted download).
+    std::fs::write(&stale, b"\x7fELF not really a precompiled component").unwrap();
+    let event = json!({
+        "requestContext": {
+            "eventType": "DISCONNECT",
+            "connectionId": "abc=",
+            "connectedAt": 0,
+            "requestTimeEpoch": 0,
+        },
+    })
+    .to_string();
+    let output = run(
+        &[
+            "--precompiled",
+            stale.to_str().unwrap(),
+            "--no-cache",
+            "handle-event",
+        ],
+        Some(&event),
+    );
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(
+        stdout_json(&output),
+        json!({ "statusCode": 200, "body": "No records to disconnect." })
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("does not fit this build"), "{stderr}");
+    assert!(stderr.contains("compiled the guest component"), "{stderr}");
+}

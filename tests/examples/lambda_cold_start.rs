@@ -1,0 +1,98 @@
+//! Cold start of the packaged Lambda `bootstrap`: from process start to the
+//! first CONNECT (valid token, in-memory store) answered to a Runtime API
+//! emulator on 127.0.0.1, plus the process's peak RSS. A benchmark, not a
+//! test: run it after `scripts/package-lambda`:
+//!
+//!     cargo run --release -p gitgazer-ws-tests --example lambda_cold_start [-- RUNS]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gitgazer_ws::dev::DevSigner;
+use gitgazer_ws_tests::jwks_server::{JwksMode, JwksServer};
+use gitgazer_ws_tests::lambda_emulator::{Outcome, RuntimeApiEmulator};
+use gitgazer_ws_tests::unix_now;
+use serde_json::json;
+
+#[tokio::main]
+async fn main() {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20);
+    let bootstrap =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/lambda/package/bootstrap");
+    assert!(bootstrap.exists(), "run scripts/package-lambda first");
+
+    let signer = DevSigner::generate().unwrap();
+    let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
+    let (region, pool, client) = ("eu-west-1", "eu-west-1_Cold1", "cold-client");
+    let now = unix_now();
+    let token = signer.sign(&json!({
+        "sub": "u", "iss": format!("https://cognito-idp.{region}.amazonaws.com/{pool}"),
+        "aud": client, "token_use": "id", "iat": now, "exp": now + 3600,
+        "cognito:groups": ["acme"],
+    }));
+    let event = json!({
+        "requestContext": {
+            "eventType": "CONNECT", "routeKey": "$connect", "connectionId": "cold=",
+            "connectedAt": 0, "requestTimeEpoch": 0,
+        },
+        "queryStringParameters": { "idToken": token },
+    });
+
+    let mut times = Vec::new();
+    let mut peak_rss_kib = Vec::new();
+    for _ in 0..runs {
+        let emulator = RuntimeApiEmulator::start().await;
+        let started = Instant::now();
+        let mut child = Command::new(&bootstrap)
+            .env_clear()
+            .env("AWS_LAMBDA_RUNTIME_API", &emulator.address)
+            .env("AWS_LAMBDA_FUNCTION_NAME", "gitgazer-ws")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_REGION", region)
+            .env("COGNITO_USER_POOL_ID", pool)
+            .env("COGNITO_CLIENT_ID", client)
+            .env("COGNITO_JWKS_URL", &jwks.url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let outcome = emulator.invoke(event.clone()).await;
+        times.push(started.elapsed());
+        assert_eq!(
+            outcome,
+            Outcome::Response(json!({"statusCode": 200, "body": "Connected."}))
+        );
+        peak_rss_kib.push(peak_rss(child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    times.sort();
+    peak_rss_kib.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "cold start to first CONNECT answered, {runs} runs: min {:.1} ms, median {:.1} ms, max {:.1} ms; peak RSS median {} KiB",
+        ms(times[0]),
+        ms(times[times.len() / 2]),
+        ms(times[times.len() - 1]),
+        peak_rss_kib[peak_rss_kib.len() / 2]
+    );
+}
+
+/// VmHWM of a running process, in KiB (0 if unreadable).
+fn peak_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
