@@ -144,6 +144,10 @@ pub struct ServeArgs {
     /// Address to bind. Dev mode always binds 127.0.0.1.
     #[arg(long, env = "BIND_ADDRESS", default_value = "127.0.0.1")]
     pub bind: std::net::IpAddr,
+    /// After SIGTERM or Ctrl-C: how long in-flight requests may take to
+    /// finish before the server exits anyway.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
 }
 
 #[derive(Debug, Args)]

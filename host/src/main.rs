@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gitgazer_ws::component::Verdict;
-use gitgazer_ws::config::{Cli, Command, GlobalArgs, LogFormat, TableCommand, TokenMode};
+use gitgazer_ws::config::{
+    Cli, Command, GlobalArgs, LogFormat, ServeArgs, TableCommand, TokenMode,
+};
 use gitgazer_ws::http::{AppState, app};
 use gitgazer_ws::service::{Handler, new_request_id, unix_now};
 use gitgazer_ws::store::{DynamoDbStore, MemoryStore};
@@ -57,7 +59,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             gitgazer_ws::lambda::run(&cli.global).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve(args) => serve(&cli.global, args.bind, args.port).await,
+        Command::Serve(args) => serve(&cli.global, &args).await,
         Command::VerifyToken(args) => {
             verify_token(&cli.global, &args.jwks, args.now, &args.token).await
         }
@@ -86,7 +88,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn serve(global: &GlobalArgs, bind: IpAddr, port: u16) -> anyhow::Result<ExitCode> {
+async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let (bind, port) = (args.bind, args.port);
     let started = startup::start(global).await?;
     let bind = if started.mode == TokenMode::Dev {
         if !bind.is_loopback() {
@@ -111,9 +114,24 @@ async fn serve(global: &GlobalArgs, bind: IpAddr, port: u16) -> anyhow::Result<E
         handler: started.handler,
         dev: started.dev,
     };
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    // On a signal: stop accepting, let in-flight requests finish, but no
+    // longer than the grace period.
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stopping_tx.send(true);
+    });
+    let grace = std::time::Duration::from_secs(args.shutdown_grace_seconds);
+    let grace_expired = async move {
+        let _ = stopping_rx.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result?,
+        () = grace_expired => {
+            tracing::warn!(?grace, "in-flight requests still running after the grace period; exiting");
+        }
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -22,6 +22,8 @@ pub enum JwksMode {
     InvalidJson,
     /// Never answers.
     Hang,
+    /// 200 with this body, after this delay.
+    Slow(std::time::Duration, String),
 }
 
 #[derive(Clone)]
@@ -74,6 +76,10 @@ async fn answer(State(shared): State<Shared>) -> Response {
             body.into_response()
         }
         JwksMode::InvalidJson => "{\"keys\": [".into_response(),
+        JwksMode::Slow(delay, body) => {
+            tokio::time::sleep(delay).await;
+            ([("content-type", "application/json")], body).into_response()
+        }
         JwksMode::Hang => {
             std::future::pending::<()>().await;
             unreachable!()

@@ -1,0 +1,64 @@
+//! Graceful shutdown: SIGTERM stops accepting, lets the request in flight
+//! finish, then the host exits 0.
+
+use std::time::Duration;
+
+use gitgazer_ws::dev::DevSigner;
+use gitgazer_ws_tests::jwks_server::{JwksMode, JwksServer, merge_key_sets};
+use gitgazer_ws_tests::{Server, unix_now};
+use serde_json::json;
+
+const REGION: &str = "eu-west-1";
+const POOL: &str = "eu-west-1_Stop1";
+const CLIENT: &str = "stop-client";
+
+fn token(signer: &DevSigner) -> String {
+    let now = unix_now();
+    signer.sign(&json!({
+        "sub": "u", "iss": format!("https://cognito-idp.{REGION}.amazonaws.com/{POOL}"),
+        "aud": CLIENT, "token_use": "id", "iat": now, "exp": now + 600,
+        "cognito:groups": ["acme"],
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let old = DevSigner::generate().unwrap();
+    let jwks = JwksServer::start(JwksMode::Serve(old.jwks().to_owned())).await;
+    let mut server = Server::start(&[
+        ("AWS_REGION", REGION),
+        ("COGNITO_USER_POOL_ID", POOL),
+        ("COGNITO_CLIENT_ID", CLIENT),
+        ("COGNITO_JWKS_URL", &jwks.url),
+    ]);
+
+    // A token of a new key: its CONNECT waits on a key set refetch that the
+    // server answers slowly, so it is in flight when SIGTERM arrives.
+    let new = DevSigner::generate().unwrap();
+    jwks.set(JwksMode::Slow(
+        Duration::from_millis(1500),
+        merge_key_sets(&[old.jwks(), new.jwks()]),
+    ));
+    let url = server.url(&format!("/connect?idToken={}&connectionId=c1", token(&new)));
+    let in_flight = tokio::spawn(async move {
+        let response = reqwest::get(&url)
+            .await
+            .expect("the request in flight is answered");
+        (response.status().as_u16(), response.text().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(jwks.requests(), 2, "the CONNECT is waiting on the refetch");
+    server.terminate();
+
+    // New connections are refused while the old request finishes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        reqwest::get(server.url("/healthz")).await.is_err(),
+        "still accepting"
+    );
+
+    assert_eq!(in_flight.await.unwrap(), (200, "Connected.".to_string()));
+    let status = server.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert_eq!(status.code(), Some(0));
+    assert!(server.logs().contains("shutting down"));
+}
