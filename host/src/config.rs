@@ -45,8 +45,9 @@ pub enum Command {
     /// Manages the DynamoDB table (TABLE_NAME).
     #[command(subcommand)]
     Table(TableCommand),
-    /// Compiles the embedded policy component for this machine into FILE
-    /// (load it with --precompiled to skip compiling at start).
+    /// Precompiles the embedded policy component into FILE, for this CPU or
+    /// (--portable) any CPU of its architecture; load it with --precompiled
+    /// (or put it beside the executable as gitgazer-ws.cwasm).
     Compile(CompileArgs),
 }
 
