@@ -62,3 +62,41 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     assert_eq!(status.code(), Some(0));
     assert!(server.logs().contains("shutting down"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_outlasting_the_grace_period_does_not_hold_the_exit() {
+    let old = DevSigner::generate().unwrap();
+    let jwks = JwksServer::start(JwksMode::Serve(old.jwks().to_owned())).await;
+    let mut server = Server::start(&[
+        ("AWS_REGION", REGION),
+        ("COGNITO_USER_POOL_ID", POOL),
+        ("COGNITO_CLIENT_ID", CLIENT),
+        ("COGNITO_JWKS_URL", &jwks.url),
+        ("SHUTDOWN_GRACE_SECONDS", "1"),
+    ]);
+    let new = DevSigner::generate().unwrap();
+    // Slower than the grace period (the fetch's own 4 s timeout is longer).
+    jwks.set(JwksMode::Slow(
+        Duration::from_secs(3),
+        merge_key_sets(&[old.jwks(), new.jwks()]),
+    ));
+    let url = server.url(&format!("/connect?idToken={}&connectionId=c1", token(&new)));
+    let in_flight = tokio::spawn(async move { reqwest::get(&url).await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let terminated = std::time::Instant::now();
+    server.terminate();
+    let status = server.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert_eq!(status.code(), Some(0));
+    // It waited for the grace period, then exited without the answer (the
+    // key server answers 2.6 s after SIGTERM; an answer means no bound).
+    let waited = terminated.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "exited {waited:?} after SIGTERM"
+    );
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the request outlasting the grace period got an answer"
+    );
+    assert!(server.logs().contains("grace period"), "{}", server.logs());
+}
