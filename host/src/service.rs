@@ -30,14 +30,6 @@ impl Handler {
         }
     }
 
-    pub fn settings(&self) -> &PolicySettings {
-        &self.settings
-    }
-
-    pub fn store(&self) -> &Arc<dyn ConnectionStore> {
-        &self.caps.store
-    }
-
     /// A CONNECT with an optional id token.
     pub async fn connect(
         &self,

@@ -138,11 +138,6 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
 }
 
 impl Drop for Server {

@@ -21,16 +21,23 @@ fn token(signer: &DevSigner) -> String {
     }))
 }
 
+/// A Cognito-mode server whose key set comes from `jwks`.
+fn cognito_server(jwks: &JwksServer, extra: &[(&str, &str)]) -> Server {
+    let mut env = vec![
+        ("AWS_REGION", REGION),
+        ("COGNITO_USER_POOL_ID", POOL),
+        ("COGNITO_CLIENT_ID", CLIENT),
+        ("COGNITO_JWKS_URL", jwks.url.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    Server::start(&env)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let old = DevSigner::generate().unwrap();
     let jwks = JwksServer::start(JwksMode::Serve(old.jwks().to_owned())).await;
-    let mut server = Server::start(&[
-        ("AWS_REGION", REGION),
-        ("COGNITO_USER_POOL_ID", POOL),
-        ("COGNITO_CLIENT_ID", CLIENT),
-        ("COGNITO_JWKS_URL", &jwks.url),
-    ]);
+    let mut server = cognito_server(&jwks, &[]);
 
     // A token of a new key: its CONNECT waits on a key set refetch that the
     // server answers slowly, so it is in flight when SIGTERM arrives.
@@ -67,13 +74,7 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
 async fn a_request_outlasting_the_grace_period_does_not_hold_the_exit() {
     let old = DevSigner::generate().unwrap();
     let jwks = JwksServer::start(JwksMode::Serve(old.jwks().to_owned())).await;
-    let mut server = Server::start(&[
-        ("AWS_REGION", REGION),
-        ("COGNITO_USER_POOL_ID", POOL),
-        ("COGNITO_CLIENT_ID", CLIENT),
-        ("COGNITO_JWKS_URL", &jwks.url),
-        ("SHUTDOWN_GRACE_SECONDS", "1"),
-    ]);
+    let mut server = cognito_server(&jwks, &[("SHUTDOWN_GRACE_SECONDS", "1")]);
     let new = DevSigner::generate().unwrap();
     // Slower than the grace period (the fetch's own 4 s timeout is longer).
     jwks.set(JwksMode::Slow(

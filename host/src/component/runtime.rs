@@ -87,10 +87,6 @@ impl PolicyRuntime {
         }))
     }
 
-    pub fn options(&self) -> &EngineOptions {
-        &self.options
-    }
-
     /// Decides a CONNECT.
     pub async fn connect(
         &self,

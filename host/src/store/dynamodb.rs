@@ -110,10 +110,6 @@ impl DynamoDbStore {
         }
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// Creates the table with its GSI (on-demand billing), waits until it is
     /// active, and enables TTL on `expiresAt`. An existing table is kept.
     /// Endpoints without UpdateTimeToLive (dynalite) get a warning.
