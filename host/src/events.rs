@@ -1,21 +1,13 @@
-//! API Gateway WebSocket proxy events: decoded with `aws_lambda_events`,
-//! dispatched by `requestContext.eventType`, answered with the Lambda proxy
-//! response shape. One code path for `POST /events`, `handle-event` and
-//! Lambda.
+//! API Gateway WebSocket proxy events, handled: decoding and routing live in
+//! the `gitgazer-ws-event` crate (fuzzed on its own); this module runs the
+//! routed request through the [`Handler`]. One code path for `POST /events`,
+//! `handle-event` and Lambda.
 
-use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
-use serde::{Deserialize, Serialize};
+pub use gitgazer_ws_event::{Event, ProxyResponse, decode_event, decode_event_value};
+use gitgazer_ws_event::{Route, route, unhandled_event_type};
 
 use crate::component::Reply;
 use crate::service::{Handler, new_request_id};
-
-/// The Lambda proxy response (`{"statusCode":200,"body":"Connected."}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProxyResponse {
-    pub status_code: u16,
-    pub body: String,
-}
 
 impl From<Reply> for ProxyResponse {
     fn from(reply: Reply) -> Self {
@@ -26,75 +18,32 @@ impl From<Reply> for ProxyResponse {
     }
 }
 
-/// Decodes an event from JSON bytes; a bad event is a 400 with the reason.
-pub fn decode_event(bytes: &[u8]) -> Result<ApiGatewayWebsocketProxyRequest, ProxyResponse> {
-    serde_json::from_slice(bytes).map_err(invalid_event)
-}
-
-/// Decodes an event already parsed as JSON (the Lambda runtime's payload).
-pub fn decode_event_value(
-    value: serde_json::Value,
-) -> Result<ApiGatewayWebsocketProxyRequest, ProxyResponse> {
-    serde_json::from_value(value).map_err(invalid_event)
-}
-
-fn invalid_event(error: serde_json::Error) -> ProxyResponse {
-    ProxyResponse {
-        status_code: 400,
-        body: format!("Invalid event: {}", mask_long_strings(&error.to_string())),
-    }
-}
-
-/// serde quotes offending values in its messages; a long one may be a token,
-/// which must not be echoed or logged. Quoted text over 32 bytes is masked.
-fn mask_long_strings(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut parts = message.split('"');
-    if let Some(first) = parts.next() {
-        out.push_str(first);
-    }
-    for (i, part) in parts.enumerate() {
-        out.push('"');
-        let quoted = i % 2 == 0;
-        if quoted && part.len() > 32 {
-            out.push('…');
-        } else {
-            out.push_str(part);
-        }
-    }
-    out
-}
-
 /// Handles one decoded event. `request_id`: the Lambda request id when there
 /// is one; else API Gateway's request id; else a fresh one.
 pub async fn handle_event(
     handler: &Handler,
-    event: &ApiGatewayWebsocketProxyRequest,
+    event: &Event,
     request_id: Option<&str>,
 ) -> ProxyResponse {
-    let context = &event.request_context;
     let request_id = request_id
         .map(str::to_owned)
-        .or_else(|| context.request_id.clone())
+        .or_else(|| event.request_context.request_id.clone())
         .unwrap_or_else(new_request_id);
-    // A missing connection id reaches the guest as "", which it refuses (400).
-    let connection_id = context.connection_id.as_deref().unwrap_or_default();
-    match context.event_type.as_deref() {
-        Some("CONNECT") => {
-            let token = event.query_string_parameters.first("idToken");
-            handler
-                .connect(&request_id, connection_id, token)
-                .await
-                .into()
+    match route(event) {
+        Route::Connect {
+            connection_id,
+            id_token,
+        } => handler
+            .connect(&request_id, connection_id, id_token)
+            .await
+            .into(),
+        Route::Disconnect { connection_id } => {
+            handler.disconnect(&request_id, connection_id).await.into()
         }
-        Some("DISCONNECT") => handler.disconnect(&request_id, connection_id).await.into(),
-        other => {
-            let event_type = other.unwrap_or("(none)");
-            tracing::info!(request_id, event_type, "unhandled event type");
-            ProxyResponse {
-                status_code: 400,
-                body: format!("Invalid event type: {event_type}"),
-            }
+        Route::Unhandled { event_type } => {
+            let response = unhandled_event_type(event_type);
+            tracing::info!(request_id, body = response.body, "unhandled event type");
+            response
         }
     }
 }
