@@ -1,0 +1,378 @@
+//! Fuzz harnesses: one function per target, each taking the fuzzer's bytes,
+//! running the real code and asserting properties that must hold for every
+//! input (a failed assertion is a crash to the fuzzer). They return what they
+//! saw so the regression tests can assert on known inputs too.
+//!
+//! - [`token`]: the policy's CONNECT decision and token verifier, with a fixed
+//!   key set and clock; an accepted signature is re-checked with independent
+//!   big-integer arithmetic (`num-bigint`).
+//! - [`jwks`]: the key-set parser and key policy.
+//! - [`event`]: the API Gateway event decoder and router.
+//!
+//! [`seeds`] builds their starting corpora from `shared/testdata`.
+
+pub mod seeds;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use gitgazer_ws_event::{MAX_ECHOED_RUN, Route, decode_event, route};
+use gitgazer_ws_guest::jwks::{
+    self, KeyLookup, MAX_MODULUS_BITS, MIN_MODULUS_BITS, PUBLIC_EXPONENT,
+};
+use gitgazer_ws_guest::{
+    Capabilities, ConnectRequest, ConnectionRecord, Identity, Level, RecordKey, Rejection,
+    Settings, StoreError, handle_connect, verify_token,
+};
+use num_bigint::BigUint;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The fixed clock: 2026-11-27T08:15:54Z.
+pub const NOW: u64 = 1_795_767_354;
+pub const ISSUER: &str = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Fuzz";
+pub const AUDIENCE: &str = "fuzz-client-id";
+/// The kid of the fixed key: RFC 7515 Appendix A.2's public RSA key (its
+/// private half is public too, in `shared/testdata`, which the seed
+/// generator uses to sign valid tokens).
+pub const KID: &str = "rfc7515-a2";
+/// The same modulus with exponent 3: listed so lookups reach the key policy.
+pub const KID_WEAK_EXPONENT: &str = "rfc7515-a2-e3";
+pub const MODULUS_B64: &str = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ";
+/// Longer than any log line the policy writes without input in it.
+const MAX_FIXED_LOG_TEXT: usize = 80;
+
+/// The connection id every fuzzed CONNECT uses.
+pub const CONNECTION_ID: &str = "fuzz-connection";
+
+pub fn settings() -> Settings {
+    Settings {
+        issuer: ISSUER.into(),
+        audience: AUDIENCE.into(),
+        leeway_seconds: 60,
+        record_ttl_seconds: 7200,
+    }
+}
+
+/// The fixed key set the token target verifies against.
+pub fn key_set() -> String {
+    serde_json::json!({ "keys": [
+        { "kty": "RSA", "kid": KID, "use": "sig", "alg": "RS256", "n": MODULUS_B64, "e": "AQAB" },
+        { "kty": "RSA", "kid": KID_WEAK_EXPONENT, "use": "sig", "alg": "RS256", "n": MODULUS_B64, "e": "Aw" },
+    ]})
+    .to_string()
+}
+
+/// The host, as the policy sees it: a fixed key-set document and an
+/// in-memory store, recording what the policy did.
+pub struct FixedHost {
+    key_set: String,
+    pub key_set_calls: usize,
+    pub stored: Vec<ConnectionRecord>,
+    pub logs: Vec<String>,
+}
+
+impl FixedHost {
+    pub fn new(key_set: String) -> Self {
+        FixedHost {
+            key_set,
+            key_set_calls: 0,
+            stored: Vec::new(),
+            logs: Vec::new(),
+        }
+    }
+}
+
+impl Capabilities for FixedHost {
+    fn key_set(&mut self, _refresh: bool) -> Result<String, String> {
+        self.key_set_calls += 1;
+        Ok(self.key_set.clone())
+    }
+    fn put_all(&mut self, records: &[ConnectionRecord]) -> Result<(), StoreError> {
+        self.stored.extend_from_slice(records);
+        Ok(())
+    }
+    fn keys_of(&mut self, _connection_id: &str) -> Result<Vec<RecordKey>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn delete(&mut self, _keys: &[RecordKey]) -> Result<u32, StoreError> {
+        Ok(0)
+    }
+    fn log(&mut self, _level: Level, message: &str) {
+        self.logs.push(message.to_owned());
+    }
+}
+
+/// What the token target saw.
+#[derive(Debug)]
+pub struct TokenOutcome {
+    pub verdict: Result<Identity, Rejection>,
+    pub status: u16,
+    pub stored: usize,
+}
+
+/// Verifies `data` as an id token, then runs the CONNECT decision on it.
+/// Properties: the decision agrees with the verdict (200 and one record per
+/// group iff the token is valid and has groups, else 401 and nothing stored);
+/// the key set is asked for at most twice; an accepted signature passes an
+/// independent textbook RSA check; the token never
+/// reaches a log line. `None` when `data` is not UTF-8 (the WIT passes strings).
+pub fn token(data: &[u8]) -> Option<TokenOutcome> {
+    let text = std::str::from_utf8(data).ok()?;
+    let mut host = FixedHost::new(key_set());
+    let verdict = verify_token(text, NOW, &settings(), &mut host);
+    assert!(
+        host.key_set_calls <= 2,
+        "key set asked {} times",
+        host.key_set_calls
+    );
+    assert_ne!(
+        verdict,
+        Err(Rejection::KeySetUnavailable),
+        "the fixed key set is always available"
+    );
+
+    let request = ConnectRequest {
+        connection_id: CONNECTION_ID.into(),
+        id_token: Some(text.into()),
+        now: NOW,
+        settings: settings(),
+    };
+    let mut host = FixedHost::new(key_set());
+    let response = handle_connect(&request, &mut host);
+    match &verdict {
+        Ok(identity) if !identity.groups.is_empty() => {
+            assert_eq!(
+                response.status, 200,
+                "valid token with groups: {}",
+                response.body
+            );
+            let groups: Vec<&str> = host
+                .stored
+                .iter()
+                .map(|r| r.integration_id.as_str())
+                .collect();
+            assert_eq!(
+                groups,
+                identity
+                    .groups
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+            );
+            for record in &host.stored {
+                assert_eq!(record.connection_id, CONNECTION_ID);
+                assert_eq!(record.sub, identity.sub);
+                assert_eq!(record.expires_at, NOW + 7200);
+            }
+            assert_signature_verifies_independently(text);
+        }
+        Ok(_) => {
+            assert_eq!(response.status, 401);
+            assert!(host.stored.is_empty());
+            assert_signature_verifies_independently(text);
+        }
+        Err(rejection) => {
+            assert_eq!(response.status, 401, "{rejection:?}: {}", response.body);
+            assert!(host.stored.is_empty(), "{rejection:?} but stored records");
+        }
+    }
+    // Only inputs longer than any fixed log text: a shorter one may simply
+    // spell the log's own words (the fuzzer sent ": token malformed").
+    if text.len() > MAX_FIXED_LOG_TEXT {
+        for line in &host.logs {
+            assert!(!line.contains(text), "the token reached a log line: {line}");
+        }
+    }
+    Some(TokenOutcome {
+        status: response.status,
+        stored: host.stored.len(),
+        verdict,
+    })
+}
+
+/// Differential check: the guest (rsa 0.10) accepted this signature, so an
+/// independent textbook check must too: s < n, s^65537 mod n computed with
+/// `num-bigint`, compared with the whole EMSA-PKCS1-v1_5 block built here.
+fn assert_signature_verifies_independently(token: &str) {
+    /// DER DigestInfo prefix for SHA-256 (RFC 8017 §9.2 note 1).
+    const SHA256_DIGEST_INFO: [u8; 19] = [
+        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+        0x05, 0x00, 0x04, 0x20,
+    ];
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        panic!("accepted a token that is not three segments");
+    };
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .expect("accepted signature is base64url");
+    let modulus = URL_SAFE_NO_PAD.decode(MODULUS_B64).expect("fixed modulus");
+    assert_eq!(
+        signature.len(),
+        modulus.len(),
+        "accepted a signature of the wrong length"
+    );
+    let n = BigUint::from_bytes_be(&modulus);
+    let s = BigUint::from_bytes_be(&signature);
+    assert!(s < n, "accepted a signature not below the modulus");
+    let recovered = s.modpow(&BigUint::from(65_537u32), &n).to_bytes_be();
+
+    let digest = Sha256::digest(format!("{header}.{payload}").as_bytes());
+    let padding = modulus.len() - 3 - SHA256_DIGEST_INFO.len() - digest.len();
+    // 0x00 0x01 PS 0x00 DigestInfo hash; `to_bytes_be` drops the leading 0x00.
+    let mut expected = vec![0x01];
+    expected.extend(std::iter::repeat_n(0xff, padding));
+    expected.push(0x00);
+    expected.extend_from_slice(&SHA256_DIGEST_INFO);
+    expected.extend_from_slice(&digest);
+    assert_eq!(
+        recovered, expected,
+        "the guest accepted a signature whose block is not EMSA-PKCS1-v1_5"
+    );
+}
+
+/// What the JWKS target saw.
+#[derive(Debug, Default)]
+pub struct JwksOutcome {
+    /// Whether the document parsed as a key set.
+    pub parsed: bool,
+    /// The kids whose lookup found a usable key.
+    pub usable_kids: Vec<String>,
+}
+
+/// Parses `data` as a key set and looks up every kid it names (and the fixed
+/// one). Properties: a usable key meets the policy (2048–8192-bit odd
+/// modulus without leading zero octets, exponent 65537); a kid listed twice
+/// is never usable.
+pub fn jwks(data: &[u8]) -> Option<JwksOutcome> {
+    let text = std::str::from_utf8(data).ok()?;
+    let Some(set) = jwks::parse_key_set(text) else {
+        return Some(JwksOutcome::default());
+    };
+    let mut kids: Vec<String> = serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v.get("keys")?.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|entry| Some(entry.get("kid")?.as_str()?.to_owned()))
+        .collect();
+    kids.push(KID.to_owned());
+    kids.sort();
+    kids.dedup();
+    let mut outcome = JwksOutcome {
+        parsed: true,
+        usable_kids: Vec::new(),
+    };
+    for kid in kids {
+        if let KeyLookup::Usable(key) = set.lookup(&kid) {
+            assert_ne!(key.n.first(), Some(&0), "modulus with a leading zero octet");
+            let bits = key.n.len() * 8 - key.n[0].leading_zeros() as usize;
+            assert!(
+                (MIN_MODULUS_BITS..=MAX_MODULUS_BITS).contains(&bits),
+                "{bits}-bit modulus"
+            );
+            assert_eq!(key.n.last().map(|b| b & 1), Some(1), "even modulus");
+            assert_eq!(key.e, PUBLIC_EXPONENT);
+            outcome.usable_kids.push(kid);
+        }
+    }
+    Some(outcome)
+}
+
+/// What the event target saw.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EventOutcome {
+    Rejected { status: u16 },
+    Connect,
+    Disconnect,
+    Unhandled,
+}
+
+/// Decodes `data` as an API Gateway WebSocket event and routes it.
+/// Properties: a refused event is a 400 whose body echoes no long
+/// whitespace-free run of any input string (a token must never be echoed);
+/// a decoded event is routed by its `requestContext.eventType` and a CONNECT
+/// carries exactly the `idToken` query parameter.
+pub fn event(data: &[u8]) -> EventOutcome {
+    let json: Option<Value> = serde_json::from_slice(data).ok();
+    match decode_event(data) {
+        Err(response) => {
+            assert_eq!(response.status_code, 400);
+            for run in long_runs(data, json.as_ref()) {
+                assert!(
+                    !response.body.contains(&run),
+                    "echoed {run:?} in {:?}",
+                    response.body
+                );
+            }
+            EventOutcome::Rejected {
+                status: response.status_code,
+            }
+        }
+        Ok(event) => {
+            let routed = route(&event);
+            // The decoder skips what it ignores without validating it (the
+            // fuzzer found invalid UTF-8 in a header name accepted), so the
+            // input need not be JSON to `serde_json::Value`; compare the
+            // route with the raw JSON only when it is.
+            let event_type = json.as_ref().map(|json| {
+                json.pointer("/requestContext/eventType")
+                    .and_then(Value::as_str)
+            });
+            match routed {
+                Route::Connect { id_token, .. } => {
+                    if let Some(json) = &json {
+                        assert_eq!(event_type, Some(Some("CONNECT")));
+                        let expected = json
+                            .pointer("/queryStringParameters/idToken")
+                            .and_then(Value::as_str);
+                        assert_eq!(id_token, expected);
+                    }
+                    EventOutcome::Connect
+                }
+                Route::Disconnect { .. } => {
+                    if json.is_some() {
+                        assert_eq!(event_type, Some(Some("DISCONNECT")));
+                    }
+                    EventOutcome::Disconnect
+                }
+                Route::Unhandled { .. } => {
+                    assert!(!matches!(event_type, Some(Some("CONNECT" | "DISCONNECT"))));
+                    EventOutcome::Unhandled
+                }
+            }
+        }
+    }
+}
+
+/// Every whitespace-free run longer than [`MAX_ECHOED_RUN`] in the input's
+/// strings (decoded when the input is JSON, raw otherwise).
+fn long_runs(data: &[u8], json: Option<&Value>) -> Vec<String> {
+    let mut texts = Vec::new();
+    match json {
+        Some(value) => collect_strings(value, &mut texts),
+        None => texts.push(String::from_utf8_lossy(data).into_owned()),
+    }
+    texts
+        .iter()
+        .flat_map(|text| text.split(char::is_whitespace))
+        .filter(|run| run.len() > MAX_ECHOED_RUN)
+        .map(str::to_owned)
+        .collect()
+}
+
+fn collect_strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(text) => out.push(text.clone()),
+        Value::Array(items) => items.iter().for_each(|item| collect_strings(item, out)),
+        Value::Object(members) => {
+            for (name, item) in members {
+                out.push(name.clone());
+                collect_strings(item, out);
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,109 @@
+//! The fuzz harnesses on known inputs, on stable: every seed and every input
+//! kept under `fuzz/regressions/<target>/` (what the fuzzer found, plus
+//! hand-picked edge cases) must pass the harness's properties, and the seeds
+//! must reach the outcomes the targets exist to explore.
+
+use std::path::Path;
+
+use gitgazer_ws_fuzz::seeds::{TARGETS, seeds, signed_tokens};
+use gitgazer_ws_fuzz::{EventOutcome, KID, event, jwks, key_set, token};
+use gitgazer_ws_guest::Rejection;
+
+fn run(target: &str, bytes: &[u8]) {
+    match target {
+        "token" => {
+            token(bytes);
+        }
+        "jwks" => {
+            jwks(bytes);
+        }
+        "event" => {
+            event(bytes);
+        }
+        other => panic!("unknown target {other}"),
+    }
+}
+
+#[test]
+fn regression_inputs_pass_their_harness() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions");
+    let mut total = 0;
+    for target in TARGETS {
+        let dir = root.join(target);
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n == "README.md") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            eprintln!("{target}: {}", path.display());
+            run(target, &bytes);
+            total += 1;
+        }
+    }
+    assert!(
+        total > 0,
+        "no regression inputs found under {}",
+        root.display()
+    );
+}
+
+#[test]
+fn every_seed_passes_its_harness() {
+    for target in TARGETS {
+        let seeds = seeds(target);
+        assert!(seeds.len() >= 3, "{target}: only {} seeds", seeds.len());
+        for seed in seeds {
+            eprintln!("{target}: {}", seed.name);
+            run(target, &seed.bytes);
+        }
+    }
+}
+
+#[test]
+fn signed_seed_tokens_reach_acceptance_and_each_rejection() {
+    let outcomes: Vec<_> = signed_tokens()
+        .into_iter()
+        .map(|(origin, text)| (origin, token(text.as_bytes()).expect("UTF-8")))
+        .collect();
+    let by = |origin: &str| &outcomes.iter().find(|(o, _)| *o == origin).unwrap().1;
+    assert_eq!(by("valid").status, 200);
+    assert_eq!(by("valid").stored, 2);
+    assert_eq!(by("many-groups").stored, 30);
+    assert_eq!(by("no-groups").status, 401);
+    assert_eq!(by("expired").verdict, Err(Rejection::Expired));
+    assert_eq!(by("not-yet-valid").verdict, Err(Rejection::NotYetValid));
+    assert_eq!(by("wrong-audience").verdict, Err(Rejection::WrongAudience));
+    assert_eq!(by("wrong-issuer").verdict, Err(Rejection::WrongIssuer));
+    assert_eq!(by("access-token").verdict, Err(Rejection::WrongTokenUse));
+    assert_eq!(by("weak-exponent-kid").verdict, Err(Rejection::UnusableKey));
+    assert_eq!(by("unknown-kid").verdict, Err(Rejection::UnknownKey));
+}
+
+#[test]
+fn a_token_with_a_flipped_signature_bit_is_refused() {
+    let (_, valid) = signed_tokens().swap_remove(0);
+    let mut bytes = valid.into_bytes();
+    let last = bytes.len() - 2;
+    bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+    let outcome = token(&bytes).unwrap();
+    assert_eq!(outcome.verdict, Err(Rejection::BadSignature));
+    assert_eq!(outcome.stored, 0);
+}
+
+#[test]
+fn the_fixed_key_set_has_exactly_one_usable_key() {
+    let outcome = jwks(key_set().as_bytes()).unwrap();
+    assert!(outcome.parsed);
+    assert_eq!(outcome.usable_kids, vec![KID.to_owned()]);
+    let duplicated = key_set().replace("rfc7515-a2-e3", KID);
+    assert!(jwks(duplicated.as_bytes()).unwrap().usable_kids.is_empty());
+}
+
+#[test]
+fn event_fixtures_route_to_connect_and_disconnect() {
+    let outcomes: Vec<EventOutcome> = seeds("event").iter().map(|s| event(&s.bytes)).collect();
+    assert!(outcomes.contains(&EventOutcome::Connect));
+    assert!(outcomes.contains(&EventOutcome::Disconnect));
+    assert_eq!(event(b"{"), EventOutcome::Rejected { status: 400 });
+}
