@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::component::{EngineOptions, PolicySettings};
 use crate::dev::{DEV_CLIENT_ID, DEV_ISSUER};
-use crate::store::{DynamoDbOptions, UnprocessedRetry};
+use crate::store::{DynamoDbOptions, RollbackRetry, UnprocessedRetry};
 
 /// Records outlive the connection by a little: API Gateway closes a
 /// WebSocket after 2 h at most; 5 min more covers clock skew.
@@ -270,6 +270,7 @@ impl GlobalArgs {
             region: non_empty(&self.region).map(str::to_owned),
             query_page_limit: self.query_page_limit.filter(|&n| n > 0).map(i32::from),
             unprocessed_retry: UnprocessedRetry::default(),
+            rollback_retry: RollbackRetry::default(),
         })
     }
 }

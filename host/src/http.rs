@@ -39,7 +39,8 @@ pub fn app(state: AppState) -> Router {
         .route("/connect", get(connect))
         .route("/disconnect", get(disconnect))
         .route("/events", post(events))
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/status", get(status));
     if state.dev.is_some() {
         router = router
             .route("/dev/jwks.json", get(dev_jwks))
@@ -49,6 +50,15 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(access_log))
         .with_state(state)
+}
+
+/// Operational state: rollbacks still pending in the background (a test or an
+/// operator waits for 0 before comparing the store with what clients saw).
+async fn status(State(state): State<AppState>) -> Response {
+    axum::Json(serde_json::json!({
+        "pendingRollbacks": state.handler.pending_rollbacks(),
+    }))
+    .into_response()
 }
 
 #[derive(Deserialize)]

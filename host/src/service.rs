@@ -67,6 +67,12 @@ impl Handler {
         reply
     }
 
+    /// Records of failed CONNECTs whose removal the store is still retrying
+    /// in the background (`GET /status`).
+    pub fn pending_rollbacks(&self) -> usize {
+        self.caps.store.pending_rollbacks()
+    }
+
     /// Verifies a token at `now` (seconds since the Unix epoch).
     pub async fn verify_token(&self, token: &str, now: u64) -> anyhow::Result<Verdict> {
         self.runtime

@@ -35,6 +35,8 @@ pub struct RequestState {
     /// Records this request stored: removed again if the guest traps after
     /// storing them, so a failed request leaves nothing behind.
     pub(super) written: Vec<RecordKey>,
+    /// The latest `expiresAt` among them.
+    pub(super) written_expire_at: u64,
     /// When the guest was entered, and how long it has waited on the host
     /// since: the deadline counts guest time only.
     pub(super) started: Instant,
@@ -59,6 +61,7 @@ impl RequestState {
             request_id,
             log_lines: 0,
             written: Vec::new(),
+            written_expire_at: 0,
             started: Instant::now(),
             waiting: Duration::ZERO,
         }
@@ -118,6 +121,8 @@ impl connections::Host for RequestState {
         if result.is_ok() {
             self.written
                 .extend(records.iter().map(ConnectionRecord::key));
+            let latest = records.iter().map(|r| r.expires_at).max().unwrap_or(0);
+            self.written_expire_at = self.written_expire_at.max(latest);
         }
         result.map_err(|e| self.report(e))
     }

@@ -225,17 +225,14 @@ async fn roll_back(store: &mut Store<RequestState>, request_id: &str) {
     if written.is_empty() {
         return;
     }
+    let expires_at = store.data().written_expire_at;
     let connection_store: Arc<dyn ConnectionStore> = store.data().capabilities().store.clone();
-    match connection_store.delete(&written).await {
-        Ok(_) => tracing::warn!(
-            request_id,
-            records = written.len(),
-            "rolled back records of a failed CONNECT"
-        ),
-        Err(e) => {
-            tracing::error!(request_id, error = %e, records = written.len(), "could not roll back records of a failed CONNECT; their TTL will expire them")
-        }
-    }
+    tracing::warn!(
+        request_id,
+        records = written.len(),
+        "rolling back records of a failed CONNECT"
+    );
+    connection_store.roll_back(&written, expires_at).await;
 }
 
 /// Increments the engine's epoch every tick for as long as the engine lives.

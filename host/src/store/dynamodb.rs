@@ -12,11 +12,13 @@
 //!   and full jitter, bounded in attempts and in total time.
 //!
 //! `put_all` is all-or-nothing: when a chunk cannot be written, every chunk
-//! attempted so far is deleted again before the error is returned. A GSI is
+//! attempted so far is deleted again before the error is returned; a delete
+//! that fails too is retried in the background (`rollback`). A GSI is
 //! eventually consistent: a DISCONNECT right after its CONNECT may find fewer
 //! records on real DynamoDB; `expiresAt` bounds how long a missed one lives.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
@@ -30,12 +32,17 @@ use aws_sdk_dynamodb::types::{
     TableStatus, TimeToLiveSpecification, WriteRequest,
 };
 
+use super::rollback::{Pending, RollbackRetrier, RollbackRetry};
 use super::{ConnectionRecord, ConnectionStore, RecordKey, StoreError};
 
 /// BatchWriteItem's limit of requests per call.
 pub const BATCH_LIMIT: usize = 25;
 /// Attempts the SDK makes per request (first try included).
 pub const SDK_MAX_ATTEMPTS: u32 = 3;
+/// How long one attempt may take before the SDK abandons it and retries.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections whose write may have a straggler, remembered at most.
+const MAX_RECENT_UNCERTAIN: usize = 10_000;
 
 const INTEGRATION_ID: &str = "integrationId";
 const CONNECTION_ID: &str = "connectionId";
@@ -75,11 +82,20 @@ pub struct DynamoDbOptions {
     /// Items per Query page; `None` lets DynamoDB fill 1 MB pages.
     pub query_page_limit: Option<i32>,
     pub unprocessed_retry: UnprocessedRetry,
+    pub rollback_retry: RollbackRetry,
 }
 
+/// Cheap to clone (the SDK client is shared): background rollbacks hold one.
+#[derive(Clone)]
 pub struct DynamoDbStore {
     client: Client,
     options: DynamoDbOptions,
+    rollbacks: RollbackRetrier,
+    /// Connections stored by a write that outlived an attempt: an abandoned
+    /// attempt may still land after a quick DISCONNECT deleted the records,
+    /// so that DISCONNECT is confirmed after the settle time.
+    /// Value: when written, and the records' `expiresAt`.
+    recent_uncertain: Arc<Mutex<HashMap<String, (Instant, u64)>>>,
 }
 
 impl DynamoDbStore {
@@ -96,7 +112,7 @@ impl DynamoDbStore {
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(1))
-                    .operation_attempt_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                     .operation_timeout(Duration::from_secs(8))
                     .build(),
             );
@@ -106,6 +122,8 @@ impl DynamoDbStore {
         let config = loader.load().await;
         Self {
             client: Client::new(&config),
+            rollbacks: RollbackRetrier::new(options.rollback_retry.clone()),
+            recent_uncertain: Arc::default(),
             options,
         }
     }
@@ -259,6 +277,80 @@ impl DynamoDbStore {
         }
     }
 
+    fn remember_uncertain(&self, connection_id: &str, expires_at: u64) {
+        let settle = self.options.rollback_retry.settle;
+        let mut recent = self
+            .recent_uncertain
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        recent.retain(|_, (written, _)| written.elapsed() < settle);
+        if recent.len() < MAX_RECENT_UNCERTAIN {
+            recent.insert(connection_id.to_owned(), (Instant::now(), expires_at));
+        }
+    }
+
+    /// After a DISCONNECT's delete: if the connection's records were written
+    /// by a write that outlived an attempt, within the settle time, delete
+    /// them once more later (the abandoned attempt may land after us).
+    fn confirm_if_uncertain(&self, keys: &[RecordKey]) {
+        let Some(connection_id) = keys.first().map(|k| k.connection_id.clone()) else {
+            return;
+        };
+        let written = {
+            let mut recent = self
+                .recent_uncertain
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            recent.remove(&connection_id)
+        };
+        if let Some((at, expires_at)) = written
+            && at.elapsed() < self.options.rollback_retry.settle
+        {
+            tracing::info!(
+                connection_id,
+                "disconnect soon after an uncertain write; confirming later"
+            );
+            self.schedule_confirmation(keys.to_vec(), expires_at, Pending::ConfirmOnly);
+        }
+    }
+
+    fn schedule_confirmation(&self, keys: Vec<RecordKey>, expires_at: u64, pending: Pending) {
+        let store = self.clone();
+        self.rollbacks
+            .schedule(keys, expires_at, pending, move |keys| {
+                let store = store.clone();
+                async move { store.delete_keys(&keys).await }
+            });
+    }
+
+    /// Deletes what a failed write may have stored; hands the keys to the
+    /// background retrier when the delete fails, or when the write was
+    /// uncertain and may still land.
+    async fn roll_back_keys(&self, keys: Vec<RecordKey>, expires_at: u64, uncertain: bool) {
+        let pending = match self.delete_keys(&keys).await {
+            Ok(_) => {
+                tracing::warn!(records = keys.len(), "write failed; rolled back");
+                uncertain.then_some(Pending::ConfirmOnly)
+            }
+            Err(error) => {
+                tracing::error!(
+                    records = keys.len(),
+                    %error,
+                    "rollback failed; retrying in the background until the records are gone or expired"
+                );
+                Some(Pending::Retry { uncertain })
+            }
+        };
+        if let Some(pending) = pending {
+            let store = self.clone();
+            self.rollbacks
+                .schedule(keys, expires_at, pending, move |keys| {
+                    let store = store.clone();
+                    async move { store.delete_keys(&keys).await }
+                });
+        }
+    }
+
     /// Deletes keys in chunks; returns how many were deleted.
     async fn delete_keys(&self, keys: &[RecordKey]) -> Result<u32, StoreError> {
         let keys = unique(keys.iter().cloned(), |k| k.clone());
@@ -281,27 +373,29 @@ impl ConnectionStore for DynamoDbStore {
         // BatchWriteItem refuses duplicate keys in one call.
         let records = unique(records.iter().cloned(), ConnectionRecord::key);
         let mut attempted: Vec<RecordKey> = Vec::with_capacity(records.len());
+        let mut outlived_an_attempt = false;
         for chunk in records.chunks(BATCH_LIMIT) {
             attempted.extend(chunk.iter().map(ConnectionRecord::key));
             let requests = chunk
                 .iter()
                 .map(put_request)
                 .collect::<Result<Vec<_>, _>>()?;
-            if let Err(error) = self.write_batch(requests).await {
-                // All or nothing: remove what this call may have written.
-                match self.delete_keys(&attempted).await {
-                    Ok(_) => {
-                        tracing::warn!(records = attempted.len(), %error, "write failed; rolled back")
-                    }
-                    Err(rollback) => tracing::error!(
-                        records = attempted.len(),
-                        %error,
-                        %rollback,
-                        "write failed and so did the rollback; expiresAt will remove the records"
-                    ),
-                }
+            let started = Instant::now();
+            let result = self.write_batch(requests).await;
+            outlived_an_attempt |= started.elapsed() >= ATTEMPT_TIMEOUT;
+            if let Err(error) = result {
+                // All or nothing: remove what this call may have written. A
+                // timeout or a lost connection leaves the write's outcome
+                // unknown: it may still land, so the rollback is confirmed.
+                let uncertain = outlived_an_attempt
+                    || matches!(error, StoreError::Unavailable(_) | StoreError::Other(_));
+                let expires_at = records.iter().map(|r| r.expires_at).max().unwrap_or(0);
+                self.roll_back_keys(attempted, expires_at, uncertain).await;
                 return Err(error);
             }
+        }
+        if outlived_an_attempt && let Some(record) = records.first() {
+            self.remember_uncertain(&record.connection_id, record.expires_at);
         }
         Ok(())
     }
@@ -338,7 +432,17 @@ impl ConnectionStore for DynamoDbStore {
     }
 
     async fn delete(&self, keys: &[RecordKey]) -> Result<u32, StoreError> {
-        self.delete_keys(keys).await
+        let deleted = self.delete_keys(keys).await?;
+        self.confirm_if_uncertain(keys);
+        Ok(deleted)
+    }
+
+    async fn roll_back(&self, keys: &[RecordKey], expires_at: u64) {
+        self.roll_back_keys(keys.to_vec(), expires_at, false).await;
+    }
+
+    fn pending_rollbacks(&self) -> usize {
+        self.rollbacks.pending_keys()
     }
 
     fn describe(&self) -> String {

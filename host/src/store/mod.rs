@@ -7,9 +7,11 @@
 
 mod dynamodb;
 mod memory;
+mod rollback;
 
 pub use dynamodb::{DynamoDbOptions, DynamoDbStore, UnprocessedRetry};
 pub use memory::MemoryStore;
+pub use rollback::RollbackRetry;
 
 use std::fmt;
 
@@ -80,6 +82,28 @@ pub trait ConnectionStore: Send + Sync + 'static {
 
     /// Deletes the records; returns how many existed and were removed.
     async fn delete(&self, keys: &[RecordKey]) -> Result<u32, StoreError>;
+
+    /// Removes the records of a CONNECT that failed after storing them
+    /// (`expires_at`: when they expire anyway). Never fails the caller: a
+    /// store may retry in the background.
+    async fn roll_back(&self, keys: &[RecordKey], _expires_at: u64) {
+        match self.delete(keys).await {
+            Ok(_) => tracing::warn!(
+                records = keys.len(),
+                "rolled back records of a failed CONNECT"
+            ),
+            Err(error) => tracing::error!(
+                records = keys.len(),
+                %error,
+                "could not roll back records of a failed CONNECT; expiresAt will remove them"
+            ),
+        }
+    }
+
+    /// Keys whose rollback is still being retried or confirmed.
+    fn pending_rollbacks(&self) -> usize {
+        0
+    }
 
     /// A short name for logs (`memory`, `dynamodb:<table>`).
     fn describe(&self) -> String;
