@@ -38,6 +38,10 @@ struct ProxyState {
     fault: PutFault,
     put_batches_seen: u32,
     faults_injected: u32,
+    /// Answer everything with 502 without forwarding (the store unreachable).
+    down: bool,
+    /// Requests being forwarded right now.
+    in_flight: u32,
 }
 
 #[derive(Clone)]
@@ -73,6 +77,25 @@ impl FaultProxy {
         self.state.lock().unwrap().fault = fault;
     }
 
+    /// Makes the store unreachable (every request answered 502 at once) or
+    /// reachable again.
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().down = down;
+    }
+
+    /// Waits (bounded) until no forwarded request is in flight, so upstream
+    /// can be stopped without tearing a write in half.
+    pub async fn wait_idle(&self, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.state.lock().unwrap().in_flight > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "upstream requests still in flight"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// How many faults were injected so far.
     pub fn faults_injected(&self) -> u32 {
         self.state.lock().unwrap().faults_injected
@@ -85,6 +108,9 @@ async fn forward(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
         && std::str::from_utf8(&body).is_ok_and(|b| b.contains("\"PutRequest\""));
     let mut body = body.to_vec();
     let mut unprocessed: Option<(String, Vec<Value>)> = None;
+    if shared.state.lock().unwrap().down {
+        return upstream_down();
+    }
     if is_put_batch {
         let mut state = shared.state.lock().unwrap();
         state.put_batches_seen += 1;
@@ -136,27 +162,50 @@ async fn forward(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
                 request = request.header(name, value.clone());
             }
         }
+        // Counted from before the send to after the whole answer is read.
+        let _in_flight = InFlight::enter(&shared.state);
         match request.send().await {
-            Ok(response) => Some(response),
-            Err(_) => return (StatusCode::BAD_GATEWAY, "upstream down").into_response(),
+            Ok(response) => {
+                let status = response.status();
+                let bytes = response.bytes().await.unwrap_or_default();
+                Some((status, bytes))
+            }
+            Err(_) => return upstream_down(),
         }
     };
 
     let (status, mut answer) = match forwarded {
         None => (StatusCode::OK, json!({ "UnprocessedItems": {} })),
-        Some(response) => {
-            let status = response.status();
-            let bytes = response.bytes().await.unwrap_or_default();
-            match serde_json::from_slice::<Value>(&bytes) {
-                Ok(value) => (status, value),
-                Err(_) => return (status, bytes).into_response(),
-            }
-        }
+        Some((status, bytes)) => match serde_json::from_slice::<Value>(&bytes) {
+            Ok(value) => (status, value),
+            Err(_) => return (status, bytes).into_response(),
+        },
     };
     if let (Some((table, rest)), true) = (unprocessed, status.is_success()) {
         answer["UnprocessedItems"] = json!({ table: rest });
     }
     (status, [("content-type", JSON_1_0)], answer.to_string()).into_response()
+}
+
+fn upstream_down() -> Response {
+    (StatusCode::BAD_GATEWAY, "upstream down").into_response()
+}
+
+/// Counts a forwarded request while it lives (also when its future is
+/// dropped because the client went away).
+struct InFlight(Arc<Mutex<ProxyState>>);
+
+impl InFlight {
+    fn enter(state: &Arc<Mutex<ProxyState>>) -> Self {
+        state.lock().unwrap().in_flight += 1;
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().in_flight -= 1;
+    }
 }
 
 fn throttled() -> Response {

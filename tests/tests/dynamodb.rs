@@ -2,116 +2,17 @@
 //! dynalite as the server, and a fault proxy where faults are needed. After
 //! each test the table holds exactly the records it should.
 
+mod support;
+
 use std::collections::BTreeSet;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use gitgazer_ws_tests::fault_proxy::{FaultProxy, PutFault};
 use gitgazer_ws_tests::{
-    OwnDynalite, Server, create_table, dynalite_endpoint, dynamodb_env, test_cache_dir,
-    unique_table, unix_now,
+    OwnDynalite, create_table, dynalite_endpoint, test_cache_dir, unique_table, unix_now,
 };
+use support::{Fixture, keys, scan};
 
 const TOO_MANY: &str = "Too many requests. Try again later.";
-
-async fn get(url: &str) -> (u16, String) {
-    let response = reqwest::get(url).await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("body"))
-}
-
-/// A server on `endpoint` with `table`, and a way to mint tokens.
-struct Fixture {
-    server: Server,
-}
-
-impl Fixture {
-    fn start(endpoint: &str, table: &str, extra: &[(&str, &str)]) -> Fixture {
-        let mut env = dynamodb_env(endpoint, table);
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Fixture {
-            server: Server::start_env(&env),
-        }
-    }
-
-    async fn token(&self, sub: &str, groups: &[&str]) -> String {
-        let url = self
-            .server
-            .url(&format!("/dev/token?sub={sub}&groups={}", groups.join(",")));
-        let (status, token) = get(&url).await;
-        assert_eq!(status, 200);
-        token
-    }
-
-    async fn connect(&self, token: &str, connection_id: &str) -> (u16, String) {
-        get(&self.server.url(&format!(
-            "/connect?idToken={token}&connectionId={connection_id}"
-        )))
-        .await
-    }
-
-    async fn disconnect(&self, connection_id: &str) -> (u16, String) {
-        get(&self
-            .server
-            .url(&format!("/disconnect?connectionId={connection_id}")))
-        .await
-    }
-}
-
-/// Every item of the table, as (integrationId, connectionId, sub, expiresAt).
-async fn scan(endpoint: &str, table: &str) -> BTreeSet<(String, String, String, u64)> {
-    let client = client(endpoint);
-    let mut items = BTreeSet::new();
-    let mut start = None;
-    loop {
-        let page = client
-            .scan()
-            .table_name(table)
-            .consistent_read(true)
-            .set_exclusive_start_key(start.take())
-            .send()
-            .await
-            .expect("scan");
-        for item in page.items() {
-            let s = |name: &str| match item.get(name) {
-                Some(AttributeValue::S(v)) => v.clone(),
-                other => panic!("{name}: {other:?}"),
-            };
-            let expires_at = match item.get("expiresAt") {
-                Some(AttributeValue::N(n)) => n.parse().unwrap(),
-                other => panic!("expiresAt: {other:?}"),
-            };
-            match item.get("connectedAt") {
-                Some(AttributeValue::S(v)) if v.ends_with('Z') && v.len() == 20 => {}
-                other => panic!("connectedAt: {other:?}"),
-            }
-            items.insert((s("integrationId"), s("connectionId"), s("sub"), expires_at));
-        }
-        match page.last_evaluated_key {
-            Some(key) if !key.is_empty() => start = Some(key),
-            _ => return items,
-        }
-    }
-}
-
-/// A client of the test's own, with explicit endpoint and dummy
-/// credentials (no process-wide environment changes).
-fn client(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("local", "local", None, None, "tests"))
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(config)
-}
-
-fn keys(items: &BTreeSet<(String, String, String, u64)>) -> BTreeSet<(String, String)> {
-    items
-        .iter()
-        .map(|(i, c, _, _)| (i.clone(), c.clone()))
-        .collect()
-}
 
 fn groups(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("g{i:02}")).collect()
