@@ -8,6 +8,7 @@
 //!   big-integer arithmetic (`num-bigint`).
 //! - [`jwks`]: the key-set parser and key policy.
 //! - [`event`]: the API Gateway event decoder and router.
+//! - [`rs256`]: the hand-written RS256 primitive against the `rsa` crate.
 //!
 //! [`seeds`] builds their starting corpora from `shared/testdata`.
 
@@ -23,6 +24,7 @@ use gitgazer_ws_guest::{
     Capabilities, ConnectRequest, ConnectionRecord, Identity, Level, RecordKey, Rejection,
     Settings, StoreError, handle_connect, verify_token,
 };
+use gitgazer_ws_guest::{montgomery, rs256};
 use num_bigint::BigUint;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -375,4 +377,44 @@ fn collect_strings(value: &Value, out: &mut Vec<String>) {
         }
         _ => {}
     }
+}
+
+/// The keys the `rs256` target verifies against: RFC 7515 A.2's modulus with
+/// e = 65537 and with e = 3 (the primitive takes any small exponent).
+fn reference_keys() -> [(Vec<u8>, Vec<u8>); 2] {
+    let n = URL_SAFE_NO_PAD.decode(MODULUS_B64).expect("fixed modulus");
+    [(n.clone(), vec![0x01, 0x00, 0x01]), (n, vec![0x03])]
+}
+
+/// Differential check of the hand-written RS256 primitive against the `rsa`
+/// crate. Input: a key selector byte, then a signature as long as the
+/// modulus, then the message. Property: both limb widths of the guest's
+/// arithmetic agree with `rsa` 0.10's `Pkcs1v15Sign` verifier. Returns the
+/// verdict; `None` when the input is too short.
+pub fn rs256(data: &[u8]) -> Option<bool> {
+    let (&selector, rest) = data.split_first()?;
+    let keys = reference_keys();
+    let (n, e) = &keys[usize::from(selector) % keys.len()];
+    if rest.len() < n.len() {
+        return None;
+    }
+    let (signature, message) = rest.split_at(n.len());
+    let reference = {
+        let key = rsa::PublicKey::new(
+            rsa::BoxedUint::from_be_slice_vartime(n),
+            rsa::BoxedUint::from_be_slice_vartime(e),
+        )
+        .expect("reference key");
+        key.verify(
+            rsa::Pkcs1v15Sign::new::<Sha256>(),
+            &Sha256::digest(message),
+            signature,
+        )
+        .is_ok()
+    };
+    for mod_pow in [montgomery::limb32::mod_pow, montgomery::limb64::mod_pow] {
+        let ours = rs256::verify_with(mod_pow, n, e, message, signature);
+        assert_eq!(ours, reference, "the guest and the rsa crate disagree");
+    }
+    Some(reference)
 }

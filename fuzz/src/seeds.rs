@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::{AUDIENCE, CONNECTION_ID, ISSUER, KID, KID_WEAK_EXPONENT, NOW, key_set};
 
 /// The fuzz targets, by name (as in `targets/fuzz_targets/`).
-pub const TARGETS: [&str; 3] = ["token", "jwks", "event"];
+pub const TARGETS: [&str; 4] = ["token", "jwks", "event", "rs256"];
 
 /// `shared/testdata`, beside the repository. Panics when it is missing: the
 /// seeds must not silently shrink.
@@ -53,6 +53,7 @@ pub fn seeds(target: &str) -> Vec<Seed> {
         "token" => token_seeds(),
         "jwks" => jwks_seeds(),
         "event" => event_seeds(),
+        "rs256" => rs256_seeds(),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -108,6 +109,24 @@ fn event_seeds() -> Vec<Seed> {
         "connect-with-token",
         connect.to_string().into_bytes(),
     ));
+    seeds
+}
+
+/// Key selector 0 (e = 65537), a valid signature, its signing input; and
+/// the same with the signature's last byte changed.
+fn rs256_seeds() -> Vec<Seed> {
+    let mut seeds = Vec::new();
+    for (origin, token) in signed_tokens() {
+        let (signing_input, signature) = token.rsplit_once('.').expect("compact JWS");
+        let signature = URL_SAFE_NO_PAD.decode(signature).expect("base64url");
+        let mut bytes = vec![0u8];
+        bytes.extend_from_slice(&signature);
+        bytes.extend_from_slice(signing_input.as_bytes());
+        seeds.push(Seed::new(origin, bytes.clone()));
+        let last = signature.len();
+        bytes[last] ^= 1;
+        seeds.push(Seed::new("flipped", bytes));
+    }
     seeds
 }
 

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use gitgazer_ws_fuzz::seeds::{TARGETS, seeds, signed_tokens};
-use gitgazer_ws_fuzz::{EventOutcome, KID, event, jwks, key_set, token};
+use gitgazer_ws_fuzz::{EventOutcome, KID, event, jwks, key_set, rs256, token};
 use gitgazer_ws_guest::Rejection;
 
 fn run(target: &str, bytes: &[u8]) {
@@ -19,6 +19,9 @@ fn run(target: &str, bytes: &[u8]) {
         }
         "event" => {
             event(bytes);
+        }
+        "rs256" => {
+            rs256(bytes);
         }
         other => panic!("unknown target {other}"),
     }
@@ -106,4 +109,25 @@ fn event_fixtures_route_to_connect_and_disconnect() {
     assert!(outcomes.contains(&EventOutcome::Connect));
     assert!(outcomes.contains(&EventOutcome::Disconnect));
     assert_eq!(event(b"{"), EventOutcome::Rejected { status: 400 });
+}
+
+#[test]
+fn rs256_seeds_verify_and_their_flipped_copies_do_not() {
+    let seeds = seeds("rs256");
+    let verdicts: Vec<(String, bool)> = seeds
+        .iter()
+        .map(|s| (s.name.clone(), rs256(&s.bytes).expect("long enough")))
+        .collect();
+    assert!(
+        verdicts
+            .iter()
+            .filter(|(n, _)| !n.starts_with("flipped"))
+            .all(|(_, ok)| *ok)
+    );
+    assert!(
+        verdicts
+            .iter()
+            .filter(|(n, _)| n.starts_with("flipped"))
+            .all(|(_, ok)| !ok)
+    );
 }

@@ -13,6 +13,7 @@ pub mod claims;
 pub mod handler;
 pub mod json;
 pub mod jwks;
+pub mod montgomery;
 pub mod rfc3339;
 pub mod rs256;
 pub mod token;

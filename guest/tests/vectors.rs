@@ -6,7 +6,8 @@ mod common;
 
 use common::*;
 use gitgazer_ws_guest::jwks::{self, KeyProblem};
-use gitgazer_ws_guest::rs256::verify_pkcs1v15_sha256;
+use gitgazer_ws_guest::montgomery::{limb32, limb64};
+use gitgazer_ws_guest::rs256::{ModPow, verify_pkcs1v15_sha256, verify_with};
 use gitgazer_ws_guest::verify::verify_jws;
 use gitgazer_ws_guest::{Rejection, verify_token};
 use serde_json::Value;
@@ -15,6 +16,16 @@ fn str_of<'a>(value: &'a Value, name: &str) -> &'a str {
     value[name]
         .as_str()
         .unwrap_or_else(|| panic!("vector member {name} missing"))
+}
+
+/// Verifies with the 32-bit-limb arithmetic (the portable wasm guest's) and
+/// the 64-bit one (native, and the wide-arithmetic guest's); they must agree.
+fn verify_both_widths(n: &[u8], e: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    let widths: [(&str, ModPow); 2] = [("32-bit", limb32::mod_pow), ("64-bit", limb64::mod_pow)];
+    let [narrow, wide] = widths.map(|(_, mod_pow)| verify_with(mod_pow, n, e, message, signature));
+    assert_eq!(narrow, wide, "the limb widths disagree");
+    assert_eq!(wide, verify_pkcs1v15_sha256(n, e, message, signature));
+    wide
 }
 
 #[derive(Debug, Default)]
@@ -39,12 +50,8 @@ fn run_pkcs1_file(file: &str, sha256: bool) -> Tally {
         for test in group["tests"].as_array().expect("tests") {
             seen += 1;
             let result = str_of(test, "result");
-            let accepted = verify_pkcs1v15_sha256(
-                &n,
-                &e,
-                &hex(str_of(test, "msg")),
-                &hex(str_of(test, "sig")),
-            );
+            let accepted =
+                verify_both_widths(&n, &e, &hex(str_of(test, "msg")), &hex(str_of(test, "sig")));
             // `acceptable` (DigestInfo without NULL) is refused: strict.
             let is_sha256_signature = test["comment"]
                 .as_str()
@@ -107,7 +114,7 @@ fn wycheproof_rsa_pkcs1_sha256_8192_from_the_flattened_file() {
             continue;
         }
         checked += 1;
-        let accepted = verify_pkcs1v15_sha256(
+        let accepted = verify_both_widths(
             &hex(str_of(test, "n_hex")),
             &hex(str_of(test, "e_hex")),
             &hex(str_of(test, "msg_hex")),

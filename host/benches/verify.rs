@@ -1,0 +1,129 @@
+//! RS256 verification natively and inside the guest, on the same dev token,
+//! and the per-request cost around it. `cargo bench -p gitgazer-ws --bench
+//! verify`; figures and the machine are in BENCHMARKS.md.
+//!
+//! - `rs256/*`: the signature check alone (SHA-256 of the signing input
+//!   included), natively: the `rsa` crate (the reference) and the guest's
+//!   hand-written arithmetic in both limb widths.
+//! - `guest/verify-token valid`: a fresh instance, the whole token path and
+//!   the signature check inside wasm; `guest/verify-token empty`: the same
+//!   call refused before any work, i.e. instantiation + call overhead. Their
+//!   difference is the in-guest verification cost.
+//! - `guest/connect+disconnect`: both decisions end to end in-process with
+//!   the embedded store.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use criterion::{Criterion, criterion_group, criterion_main};
+use gitgazer_ws::component::{EngineOptions, PolicyRuntime, PolicySettings};
+use gitgazer_ws::dev::{DEV_CLIENT_ID, DEV_ISSUER, DevClaims, DevSigner};
+use gitgazer_ws::keys::StaticKeySet;
+use gitgazer_ws::service::{Handler, unix_now};
+use gitgazer_ws::store::MemoryStore;
+use gitgazer_ws_guest::montgomery::{limb32, limb64};
+use gitgazer_ws_guest::rs256::verify_with;
+use sha2::{Digest, Sha256};
+
+fn key_part(jwks: &serde_json::Value, name: &str) -> Vec<u8> {
+    URL_SAFE_NO_PAD
+        .decode(jwks["keys"][0][name].as_str().unwrap())
+        .unwrap()
+}
+
+fn benches(c: &mut Criterion) {
+    let signer = DevSigner::generate().unwrap();
+    let now = unix_now();
+    let token = signer.mint(
+        &DevClaims {
+            sub: "bench-user".into(),
+            groups: vec!["integration-1".into(), "integration-2".into()],
+            ttl_seconds: 3600,
+        },
+        now,
+    );
+    let jwks: serde_json::Value = serde_json::from_str(signer.jwks()).unwrap();
+    let (n, e) = (key_part(&jwks, "n"), key_part(&jwks, "e"));
+    let (signing_input, signature) = token.rsplit_once('.').unwrap();
+    let signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+
+    let mut group = c.benchmark_group("rs256");
+    let reference = rsa::PublicKey::new(
+        rsa::BoxedUint::from_be_slice_vartime(&n),
+        rsa::BoxedUint::from_be_slice_vartime(&e),
+    )
+    .unwrap();
+    group.bench_function("native rsa 0.10", |b| {
+        b.iter(|| {
+            let digest = Sha256::digest(signing_input.as_bytes());
+            assert!(
+                reference
+                    .verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &digest, &signature)
+                    .is_ok()
+            );
+        })
+    });
+    for (name, mod_pow) in [
+        (
+            "native hand-written, 64-bit limbs",
+            limb64::mod_pow as fn(&[u8], &[u8], &[u8]) -> Vec<u8>,
+        ),
+        ("native hand-written, 32-bit limbs", limb32::mod_pow),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                assert!(verify_with(
+                    mod_pow,
+                    &n,
+                    &e,
+                    signing_input.as_bytes(),
+                    &signature
+                ))
+            })
+        });
+    }
+    group.finish();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let handler = runtime.block_on(async {
+        let policy = PolicyRuntime::new(EngineOptions::default()).unwrap();
+        let keys = Arc::new(StaticKeySet::new(signer.jwks().to_owned(), "bench").unwrap());
+        let settings = PolicySettings {
+            issuer: DEV_ISSUER.into(),
+            audience: DEV_CLIENT_ID.into(),
+            leeway_seconds: 60,
+            record_ttl_seconds: 7500,
+        };
+        Handler::new(policy, Arc::new(MemoryStore::new()), keys, settings)
+    });
+    let mut group = c.benchmark_group("guest");
+    group.bench_function("verify-token valid", |b| {
+        b.iter(|| {
+            let verdict = runtime.block_on(handler.verify_token(&token, now)).unwrap();
+            assert!(matches!(
+                verdict,
+                gitgazer_ws::component::Verdict::Valid { .. }
+            ));
+        })
+    });
+    group.bench_function("verify-token empty", |b| {
+        b.iter(|| runtime.block_on(handler.verify_token("", now)).unwrap())
+    });
+    group.bench_function("connect+disconnect", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let connect = handler
+                    .connect("bench", "bench-connection", Some(&token))
+                    .await;
+                assert_eq!(connect.status, 200);
+                let disconnect = handler.disconnect("bench", "bench-connection").await;
+                assert_eq!(disconnect.status, 200);
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(verify, benches);
+criterion_main!(verify);
