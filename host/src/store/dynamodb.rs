@@ -310,11 +310,12 @@ impl DynamoDbStore {
                 connection_id,
                 "disconnect soon after an uncertain write; confirming later"
             );
-            self.schedule_confirmation(keys.to_vec(), expires_at, Pending::ConfirmOnly);
+            self.schedule_background_delete(keys.to_vec(), expires_at, Pending::ConfirmOnly);
         }
     }
 
-    fn schedule_confirmation(&self, keys: Vec<RecordKey>, expires_at: u64, pending: Pending) {
+    /// Hands keys to the background retrier.
+    fn schedule_background_delete(&self, keys: Vec<RecordKey>, expires_at: u64, pending: Pending) {
         let store = self.clone();
         self.rollbacks
             .schedule(keys, expires_at, pending, move |keys| {
@@ -342,12 +343,7 @@ impl DynamoDbStore {
             }
         };
         if let Some(pending) = pending {
-            let store = self.clone();
-            self.rollbacks
-                .schedule(keys, expires_at, pending, move |keys| {
-                    let store = store.clone();
-                    async move { store.delete_keys(&keys).await }
-                });
+            self.schedule_background_delete(keys, expires_at, pending);
         }
     }
 
