@@ -5,17 +5,21 @@
 //! verification inside the guest ran 7.7× slower than natively. Here the same
 //! code is instantiated for two limb widths: 32 bits ([`limb32`], for plain
 //! wasm32, where u32×u32→u64 is one instruction) and 64 bits ([`limb64`], for
-//! 64-bit targets and wasm32 built with `wide-arithmetic`). [`mod_pow`] is the
-//! one for the target being built; tests run both everywhere.
+//! 64-bit targets and the wasm32 build with the `wide-arithmetic` cargo
+//! feature, compiled with `-Ctarget-feature=+wide-arithmetic`). [`mod_pow`] is
+//! the one for the build; tests run both everywhere. A cargo feature and not
+//! `cfg(target_feature)`: stable rustc hides unstable target features from
+//! `cfg`.
 //!
-//! Montgomery multiplication (CIOS: Koç, Acar, Kaliski 1996), variable time:
+//! Montgomery multiplication (operand scanning: Koç, Acar, Kaliski 1996) with
+//! a dedicated squaring, and R² by schoolbook division; variable time:
 //! verification handles only public values (key, signature, message), so
 //! there is no secret to leak through timing. Callers check `base < modulus`,
 //! an odd modulus and a non-zero exponent before calling.
 
-#[cfg(not(any(target_pointer_width = "64", target_feature = "wide-arithmetic")))]
+#[cfg(not(any(target_pointer_width = "64", feature = "wide-arithmetic")))]
 pub use limb32::mod_pow;
-#[cfg(any(target_pointer_width = "64", target_feature = "wide-arithmetic"))]
+#[cfg(any(target_pointer_width = "64", feature = "wide-arithmetic"))]
 pub use limb64::mod_pow;
 
 /// The arithmetic, for one limb type and its double-width type.
@@ -39,8 +43,9 @@ macro_rules! montgomery {
                 let base = limbs(base, k);
                 debug_assert!(!greater_or_equal(&base, &m.n));
 
-                let mut scratch = vec![0; k + 2];
-                let r_squared = m.r_squared(&mut scratch);
+                // Room for a product before reduction.
+                let mut scratch = vec![0; 2 * k];
+                let r_squared = m.r_squared();
                 let mut base_m = vec![0; k];
                 m.mul(&base, &r_squared, &mut base_m, &mut scratch);
 
@@ -52,16 +57,17 @@ macro_rules! montgomery {
                     .skip_while(|bit| !bit);
                 assert!(bits.next().is_some(), "mod_pow: zero exponent");
                 for bit in bits {
-                    m.mul(&acc, &acc, &mut product, &mut scratch);
+                    m.square(&acc, &mut product, &mut scratch);
                     if bit {
                         m.mul(&product, &base_m, &mut acc, &mut scratch);
                     } else {
                         std::mem::swap(&mut acc, &mut product);
                     }
                 }
-                let mut one = vec![0; k];
-                one[0] = 1;
-                m.mul(&acc, &one, &mut product, &mut scratch);
+                // Out of Montgomery form: acc·R⁻¹, a reduction of acc alone.
+                scratch[..k].copy_from_slice(&acc);
+                scratch[k..2 * k].fill(0);
+                m.reduce(&mut scratch, &mut product);
                 to_bytes(&product, modulus.len())
             }
 
@@ -89,87 +95,194 @@ macro_rules! montgomery {
                     }
                 }
 
-                /// `out = a·b·R⁻¹ mod n` for `a, b < n` (R = 2^(LIMB_BITS·k)).
-                /// `scratch` holds k + 2 limbs.
+                /// `out = a·b·R⁻¹ mod n` for `a, b < n` (R = 2^(LIMB_BITS·k)):
+                /// the full product, then [`Self::reduce`]. `scratch`: 2k limbs.
                 fn mul(&self, a: &[Limb], b: &[Limb], out: &mut [Limb], scratch: &mut [Limb]) {
                     let k = self.n.len();
-                    // Slices of known length, so that the loops run without
-                    // bounds checks (they cost most inside wasm).
-                    let (n, a, b, t) = (&self.n[..k], &a[..k], &b[..k], &mut scratch[..k + 2]);
+                    let (a, b, t) = (&a[..k], &b[..k], &mut scratch[..2 * k]);
                     t.fill(0);
-                    for &b_i in b {
-                        // t += a·b_i
-                        let b_i = Wide::from(b_i);
-                        let mut carry: Wide = 0;
-                        for (t_j, &a_j) in t[..k].iter_mut().zip(a) {
-                            let sum = Wide::from(*t_j) + Wide::from(a_j) * b_i + carry;
-                            *t_j = sum as Limb;
-                            carry = sum >> LIMB_BITS;
-                        }
-                        let sum = Wide::from(t[k]) + carry;
-                        t[k] = sum as Limb;
-                        t[k + 1] = (sum >> LIMB_BITS) as Limb;
-                        // t = (t + m·n) / 2^LIMB_BITS, with m making the low limb zero.
-                        let m = Wide::from(t[0].wrapping_mul(self.n0_inv));
-                        let mut carry = (Wide::from(t[0]) + m * Wide::from(n[0])) >> LIMB_BITS;
-                        for j in 1..k {
-                            let sum = Wide::from(t[j]) + m * Wide::from(n[j]) + carry;
-                            t[j - 1] = sum as Limb;
-                            carry = sum >> LIMB_BITS;
-                        }
-                        let sum = Wide::from(t[k]) + carry;
-                        t[k - 1] = sum as Limb;
-                        t[k] = t[k + 1] + (sum >> LIMB_BITS) as Limb;
+                    for (i, &b_i) in b.iter().enumerate() {
+                        // Row i reaches limb i + k - 1; its carry opens limb i + k.
+                        t[i + k] = multiply_add(&mut t[i..i + k], a, b_i);
                     }
-                    // t < 2n: one conditional subtraction.
-                    if t[k] != 0 || greater_or_equal(&t[..k], n) {
-                        subtract(&mut t[..k], n);
+                    self.reduce(t, out);
+                }
+
+                /// `out = a²·R⁻¹ mod n` for `a < n`; `scratch` holds 2k limbs.
+                /// Cheaper than `mul(a, a)`: each cross product a_i·a_j is
+                /// computed once and doubled (about 3/4 of the limb products).
+                fn square(&self, a: &[Limb], out: &mut [Limb], scratch: &mut [Limb]) {
+                    let k = self.n.len();
+                    let (a, t) = (&a[..k], &mut scratch[..2 * k]);
+                    t.fill(0);
+                    // Cross products: t = Σ_{i<j} a_i·a_j·2^(LIMB_BITS·(i+j)).
+                    for (i, &a_i) in a.iter().enumerate() {
+                        t[i + k] = multiply_add(&mut t[2 * i + 1..i + k], &a[i + 1..], a_i);
                     }
-                    out.copy_from_slice(&t[..k]);
+                    // Doubled (a² < R², so nothing is shifted out) ...
+                    let mut top = 0;
+                    for limb in t.iter_mut() {
+                        let next = *limb >> (LIMB_BITS - 1);
+                        *limb = (*limb << 1) | top;
+                        top = next;
+                    }
+                    // ... plus the squares a_i² on the diagonal.
+                    let mut carry: Wide = 0;
+                    for (pair, &a_i) in t.chunks_exact_mut(2).zip(a) {
+                        let product = Wide::from(a_i) * Wide::from(a_i);
+                        let low = Wide::from(pair[0]) + (product as Limb as Wide) + carry;
+                        pair[0] = low as Limb;
+                        let high =
+                            Wide::from(pair[1]) + (product >> LIMB_BITS) + (low >> LIMB_BITS);
+                        pair[1] = high as Limb;
+                        carry = high >> LIMB_BITS;
+                    }
+                    self.reduce(t, out);
+                }
+
+                /// `out = t·R⁻¹ mod n` for a 2k-limb `t < n·R` (Montgomery
+                /// reduction, operand-scanning); `t` is overwritten.
+                fn reduce(&self, t: &mut [Limb], out: &mut [Limb]) {
+                    let k = self.n.len();
+                    let (n, t) = (&self.n[..k], &mut t[..2 * k]);
+                    // The carry out of row i lands on limb i + k; `overflow` is
+                    // what rose above it, added in by the next row.
+                    let mut overflow: Wide = 0;
+                    for i in 0..k {
+                        // m makes limb i zero.
+                        let m = t[i].wrapping_mul(self.n0_inv);
+                        let carry = multiply_add(&mut t[i..i + k], n, m);
+                        let sum = Wide::from(t[i + k]) + Wide::from(carry) + overflow;
+                        t[i + k] = sum as Limb;
+                        overflow = sum >> LIMB_BITS;
+                    }
+                    self.finish(&t[k..], overflow != 0, out);
+                }
+
+                /// `out = t mod n` for `t < 2n`, given as k limbs and the bit
+                /// above them: one conditional subtraction.
+                fn finish(&self, t: &[Limb], carry: bool, out: &mut [Limb]) {
+                    out.copy_from_slice(t);
+                    if carry || greater_or_equal(out, &self.n) {
+                        subtract(out, &self.n);
+                    }
                 }
 
                 /// `R² mod n`, the factor that moves a value into Montgomery form.
-                fn r_squared(&self, scratch: &mut [Limb]) -> Vec<Limb> {
-                    let n = &self.n;
-                    let k = n.len();
-                    let n_bits = k * LIMB_BITS - n[k - 1].leading_zeros() as usize;
-                    // 2^(n_bits - 1) < n, doubled up to R mod n (Montgomery form of 1).
-                    let mut x = vec![0; k];
-                    x[(n_bits - 1) / LIMB_BITS] = 1 << ((n_bits - 1) % LIMB_BITS);
-                    let r_bits = k * LIMB_BITS;
-                    for _ in 0..(r_bits - n_bits + 1) {
-                        self.double(&mut x);
+                ///
+                /// 1 multiplied by 2^LIMB_BITS, 2k times, each step reduced by one
+                /// schoolbook division step (Knuth, TAOCP vol. 2, 4.3.1, algorithm
+                /// D): about the cost of one Montgomery product. The division needs
+                /// a modulus whose top bit is set, so it runs on n' = n·2^shift,
+                /// where (x·2^shift) mod n' = (x mod n)·2^shift.
+                fn r_squared(&self) -> Vec<Limb> {
+                    let k = self.n.len();
+                    let shift = self.n[k - 1].leading_zeros() as usize;
+                    let mut n_norm = self.n.clone();
+                    shift_left(&mut n_norm, shift);
+                    let top = Wide::from(n_norm[k - 1]);
+                    // z holds y·2^LIMB_BITS (k + 1 limbs) for the current y < n'.
+                    let mut z: Vec<Limb> = vec![0; k + 1];
+                    z[0] = 1 << shift;
+                    for _ in 0..2 * k {
+                        z.copy_within(0..k, 1);
+                        z[0] = 0;
+                        // The estimate is at most 2 above the true quotient.
+                        let estimate =
+                            ((Wide::from(z[k]) << LIMB_BITS) | Wide::from(z[k - 1])) / top;
+                        let q = estimate.min(Wide::from(Limb::MAX));
+                        // z -= q·n', in two's complement over k + 1 limbs.
+                        let mut product_carry: Wide = 0;
+                        let mut borrow = false;
+                        for (z_j, &n_j) in z[..k].iter_mut().zip(&n_norm) {
+                            let product = q * Wide::from(n_j) + product_carry;
+                            product_carry = product >> LIMB_BITS;
+                            let (d1, b1) = z_j.overflowing_sub(product as Limb);
+                            let (d2, b2) = d1.overflowing_sub(Limb::from(borrow));
+                            *z_j = d2;
+                            borrow = b1 || b2;
+                        }
+                        z[k] = z[k]
+                            .wrapping_sub(product_carry as Limb)
+                            .wrapping_sub(Limb::from(borrow));
+                        // Negative (the estimate was too high): add n' back.
+                        while z[k] >> (LIMB_BITS - 1) != 0 {
+                            let mut carry = false;
+                            for (z_j, &n_j) in z[..k].iter_mut().zip(&n_norm) {
+                                let (s1, c1) = z_j.overflowing_add(n_j);
+                                let (s2, c2) = s1.overflowing_add(Limb::from(carry));
+                                *z_j = s2;
+                                carry = c1 || c2;
+                            }
+                            z[k] = z[k].wrapping_add(Limb::from(carry));
+                        }
+                        debug_assert_eq!(z[k], 0);
                     }
-                    // With r_bits = a·2^s: `a` doublings give the form of 2^a, and s
-                    // Montgomery squarings the form of 2^r_bits = R, which is
-                    // R² mod n. A doubling costs about 1/k of a squaring, so s is
-                    // chosen to make `a` about k (the least a + s·k).
-                    let mut s = r_bits.trailing_zeros();
-                    while s > 0 && (r_bits >> s) < k {
-                        s -= 1;
-                    }
-                    for _ in 0..(r_bits >> s) {
-                        self.double(&mut x);
-                    }
-                    let mut square = vec![0; k];
-                    for _ in 0..s {
-                        self.mul(&x, &x, &mut square, scratch);
-                        std::mem::swap(&mut x, &mut square);
-                    }
-                    x
+                    z.truncate(k);
+                    shift_right(&mut z, shift);
+                    z
                 }
+            }
 
-                /// `x = 2x mod n` for `x < n`.
-                fn double(&self, x: &mut [Limb]) {
-                    let mut carry = 0;
-                    for limb in x.iter_mut() {
-                        let next = *limb >> (LIMB_BITS - 1);
-                        *limb = (*limb << 1) | carry;
-                        carry = next;
+            /// `t += a·b` over equally long `t` and `a`; returns the carry out.
+            /// The inner loop of every product, unrolled: inside wasm each
+            /// loop iteration also pays an epoch (deadline) check and a
+            /// branch, which cost as much as a few limb steps.
+            #[inline(always)]
+            fn multiply_add(t: &mut [Limb], a: &[Limb], b: Limb) -> Limb {
+                debug_assert_eq!(t.len(), a.len());
+                let b = Wide::from(b);
+                let mut carry: Wide = 0;
+                let mut step = |t_j: &mut Limb, a_j: Limb| {
+                    let sum = Wide::from(*t_j) + Wide::from(a_j) * b + carry;
+                    *t_j = sum as Limb;
+                    carry = sum >> LIMB_BITS;
+                };
+                // Blocks of 16 limbs, then of 4 (the rows of a square have every
+                // length), then single limbs.
+                let (t_blocks, t_rest) = t.as_chunks_mut::<16>();
+                let (a_blocks, a_rest) = a.as_chunks::<16>();
+                for (t_block, a_block) in t_blocks.iter_mut().zip(a_blocks) {
+                    for (t_j, &a_j) in t_block.iter_mut().zip(a_block) {
+                        step(t_j, a_j);
                     }
-                    if carry != 0 || greater_or_equal(x, &self.n) {
-                        subtract(x, &self.n);
+                }
+                let (t_blocks, t_rest) = t_rest.as_chunks_mut::<4>();
+                let (a_blocks, a_rest) = a_rest.as_chunks::<4>();
+                for (t_block, a_block) in t_blocks.iter_mut().zip(a_blocks) {
+                    for (t_j, &a_j) in t_block.iter_mut().zip(a_block) {
+                        step(t_j, a_j);
                     }
+                }
+                for (t_j, &a_j) in t_rest.iter_mut().zip(a_rest) {
+                    step(t_j, a_j);
+                }
+                carry as Limb
+            }
+
+            /// `x <<= shift` for `shift < LIMB_BITS`, bits above the top limb dropped.
+            fn shift_left(x: &mut [Limb], shift: usize) {
+                if shift == 0 {
+                    return;
+                }
+                for i in (0..x.len()).rev() {
+                    let below = if i > 0 {
+                        x[i - 1] >> (LIMB_BITS - shift)
+                    } else {
+                        0
+                    };
+                    x[i] = (x[i] << shift) | below;
+                }
+            }
+
+            /// `x >>= shift` for `shift < LIMB_BITS`.
+            fn shift_right(x: &mut [Limb], shift: usize) {
+                if shift == 0 {
+                    return;
+                }
+                for i in 0..x.len() {
+                    let above = x.get(i + 1).map_or(0, |&limb| limb << (LIMB_BITS - shift));
+                    x[i] = (x[i] >> shift) | above;
                 }
             }
 

@@ -5,8 +5,10 @@
 //! - `rs256/*`: the signature check alone (SHA-256 of the signing input
 //!   included), natively: the `rsa` crate (the reference) and the guest's
 //!   hand-written arithmetic in both limb widths.
-//! - `guest/verify-token valid`: a fresh instance, the whole token path and
-//!   the signature check inside wasm; `guest/verify-token empty`: the same
+//! - `guest/verify-token valid, <build>`: a fresh instance, the whole token
+//!   path and the signature check inside wasm, in the portable and the
+//!   wide-arithmetic build; `, no deadline`: the same without epoch checks
+//!   (what the guest time budget costs). `guest/verify-token empty`: the same
 //!   call refused before any work, i.e. instantiation + call overhead. Their
 //!   difference is the in-guest verification cost.
 //! - `guest/connect+disconnect`: both decisions end to end in-process with
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
-use gitgazer_ws::component::{EngineOptions, PolicyRuntime, PolicySettings};
+use gitgazer_ws::component::{EngineOptions, GuestBuild, PolicyRuntime, PolicySettings};
 use gitgazer_ws::dev::{DEV_CLIENT_ID, DEV_ISSUER, DevClaims, DevSigner};
 use gitgazer_ws::keys::StaticKeySet;
 use gitgazer_ws::service::{Handler, unix_now};
@@ -86,30 +88,63 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let handler = runtime.block_on(async {
-        let policy = PolicyRuntime::new(EngineOptions::default()).unwrap();
-        let keys = Arc::new(StaticKeySet::new(signer.jwks().to_owned(), "bench").unwrap());
-        let settings = PolicySettings {
-            issuer: DEV_ISSUER.into(),
-            audience: DEV_CLIENT_ID.into(),
-            leeway_seconds: 60,
-            record_ttl_seconds: 7500,
-        };
-        Handler::new(policy, Arc::new(MemoryStore::new()), keys, settings)
-    });
-    let mut group = c.benchmark_group("guest");
-    group.bench_function("verify-token valid", |b| {
-        b.iter(|| {
-            let verdict = runtime.block_on(handler.verify_token(&token, now)).unwrap();
-            assert!(matches!(
-                verdict,
-                gitgazer_ws::component::Verdict::Valid { .. }
-            ));
+    let handler_with = |options: EngineOptions| {
+        runtime.block_on(async {
+            let policy = PolicyRuntime::new(options).unwrap();
+            let keys = Arc::new(StaticKeySet::new(signer.jwks().to_owned(), "bench").unwrap());
+            let settings = PolicySettings {
+                issuer: DEV_ISSUER.into(),
+                audience: DEV_CLIENT_ID.into(),
+                leeway_seconds: 60,
+                record_ttl_seconds: 7500,
+            };
+            Handler::new(policy, Arc::new(MemoryStore::new()), keys, settings)
         })
-    });
-    group.bench_function("verify-token empty", |b| {
-        b.iter(|| runtime.block_on(handler.verify_token("", now)).unwrap())
-    });
+    };
+    let handler = |guest_build, enforce_guest_time_budget| {
+        handler_with(EngineOptions {
+            guest_build,
+            enforce_guest_time_budget,
+            ..EngineOptions::default()
+        })
+    };
+    let mut group = c.benchmark_group("guest");
+    for (build, name) in [
+        (GuestBuild::Portable, "portable"),
+        (GuestBuild::Wide, "wide"),
+    ] {
+        for (deadline, suffix) in [(true, ""), (false, ", no deadline")] {
+            let handler = handler(build, deadline);
+            group.bench_function(format!("verify-token valid, {name}{suffix}"), |b| {
+                b.iter(|| {
+                    let verdict = runtime.block_on(handler.verify_token(&token, now)).unwrap();
+                    assert!(matches!(
+                        verdict,
+                        gitgazer_ws::component::Verdict::Valid { .. }
+                    ));
+                })
+            });
+            if deadline {
+                let (header, rest) = token.split_once('.').unwrap();
+                let header: serde_json::Value =
+                    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+                let mut header = header.clone();
+                header["kid"] = "nope".into();
+                let unknown = format!("{}.{rest}", URL_SAFE_NO_PAD.encode(header.to_string()));
+                group.bench_function(format!("verify-token unknown key, {name}"), |b| {
+                    b.iter(|| {
+                        runtime
+                            .block_on(handler.verify_token(&unknown, now))
+                            .unwrap()
+                    })
+                });
+                group.bench_function(format!("verify-token empty, {name}"), |b| {
+                    b.iter(|| runtime.block_on(handler.verify_token("", now)).unwrap())
+                });
+            }
+        }
+    }
+    let handler = handler(GuestBuild::Auto, true);
     group.bench_function("connect+disconnect", |b| {
         b.iter(|| {
             runtime.block_on(async {
@@ -122,6 +157,40 @@ fn benches(c: &mut Criterion) {
             })
         })
     });
+    group.finish();
+
+    // How a guest's linear memory is made ready for the next request; the
+    // default is the last row.
+    let mut group = c.benchmark_group("instance memory");
+    let pooling = |keep_resident_bytes, pagemap_scan| EngineOptions {
+        keep_resident_bytes,
+        pagemap_scan,
+        ..EngineOptions::default()
+    };
+    for (name, options) in [
+        (
+            "on-demand allocation",
+            EngineOptions {
+                pooling: false,
+                ..EngineOptions::default()
+            },
+        ),
+        ("pooling, nothing kept resident", pooling(0, false)),
+        ("pooling, 1 MiB kept resident", pooling(1 << 20, false)),
+        ("pooling, 4 MiB kept resident", pooling(4 << 20, false)),
+        ("pooling, 4 MiB + page scan", pooling(4 << 20, true)),
+    ] {
+        let handler = handler_with(options);
+        group.bench_function(format!("verify-token valid, {name}"), |b| {
+            b.iter(|| {
+                let verdict = runtime.block_on(handler.verify_token(&token, now)).unwrap();
+                assert!(matches!(
+                    verdict,
+                    gitgazer_ws::component::Verdict::Valid { .. }
+                ));
+            })
+        });
+    }
     group.finish();
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::component::{EngineOptions, PolicySettings};
+use crate::component::{EngineOptions, GuestBuild, PolicySettings};
 use crate::dev::{DEV_CLIENT_ID, DEV_ISSUER};
 use crate::store::{DynamoDbOptions, RollbackRetry, UnprocessedRetry};
 
@@ -117,6 +117,17 @@ pub struct GlobalArgs {
     /// Cache for the compiled component [default: $XDG_CACHE_HOME/gitgazer-ws or ~/.cache/gitgazer-ws].
     #[arg(long, env = "GITGAZER_WS_CACHE_DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
+    /// Which build of the embedded policy runs: wide (wide-arithmetic
+    /// proposal, faster RSA), portable (standard wasm only), or auto (wide
+    /// when this engine loads it).
+    #[arg(
+        long,
+        env = "GITGAZER_WS_GUEST_BUILD",
+        value_enum,
+        default_value = "auto",
+        global = true
+    )]
+    pub guest_build: GuestBuild,
     /// Do not cache the compiled component.
     #[arg(long, env = "GITGAZER_WS_NO_CACHE", global = true)]
     pub no_cache: bool,
@@ -256,6 +267,10 @@ impl GlobalArgs {
                 self.cache_dir.clone().or(defaults.cache_dir)
             },
             pooling: defaults.pooling,
+            keep_resident_bytes: defaults.keep_resident_bytes,
+            pagemap_scan: defaults.pagemap_scan,
+            guest_build: self.guest_build,
+            enforce_guest_time_budget: defaults.enforce_guest_time_budget,
         }
     }
 }

@@ -77,7 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Compile(args) => {
             let options = cli.global.engine_options();
             let engine = if args.portable {
-                gitgazer_ws::component::engine::build_portable_engine()?
+                gitgazer_ws::component::engine::build_portable_engine(&options)?
             } else {
                 gitgazer_ws::component::engine::build_engine(&options)?
             };

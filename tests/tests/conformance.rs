@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use gitgazer_ws::component::{
-    Capabilities, EngineOptions, GUEST_COMPONENT, PolicyRuntime, PolicySettings, Reply, Verdict,
+    Capabilities, EngineOptions, GUEST_COMPONENT, GuestBuild, LoadedGuest, PolicyRuntime,
+    PolicySettings, Reply, Verdict,
 };
 use gitgazer_ws::dev::DevSigner;
 use gitgazer_ws::keys::KeySetSource;
@@ -1105,7 +1106,18 @@ async fn run_case(runtime: &PolicyRuntime, case: &Value) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_cases_under_wasmtime() {
+async fn conformance_cases_under_wasmtime_portable_guest() {
+    run_conformance(GuestBuild::Portable, LoadedGuest::Portable).await;
+}
+
+/// The same source built with wide-arithmetic (64-bit RSA limbs): what the
+/// host runs by default on this machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_cases_under_wasmtime_wide_guest_the_default_here() {
+    run_conformance(GuestBuild::Auto, LoadedGuest::Wide).await;
+}
+
+async fn run_conformance(build: GuestBuild, expected: LoadedGuest) {
     let path = cases_path();
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
@@ -1124,9 +1136,11 @@ async fn conformance_cases_under_wasmtime() {
 
     let runtime = PolicyRuntime::new(EngineOptions {
         cache_dir: Some(gitgazer_ws_tests::test_cache_dir()),
+        guest_build: build,
         ..Default::default()
     })
     .expect("the runtime starts");
+    assert_eq!(runtime.loaded_guest(), expected);
 
     let mut failures = Vec::new();
     for case in cases {
@@ -1150,7 +1164,7 @@ async fn conformance_cases_under_wasmtime() {
         names.len()
     };
     println!(
-        "conformance under wasmtime: {} passed, {} failed ({} cases)",
+        "conformance under wasmtime ({expected:?} guest): {} passed, {} failed ({} cases)",
         cases.len() - failed_cases,
         failed_cases,
         cases.len()

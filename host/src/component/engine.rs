@@ -7,10 +7,31 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// The policy component, built from `guest/` by `build.rs`.
+/// The policy component, built from `guest/` by `build.rs` with standard
+/// WebAssembly features only (the build that also runs under jco).
 pub static GUEST_COMPONENT: &[u8] = include_bytes!(env!("GITGAZER_WS_GUEST_WASM_PATH"));
+
+/// The same policy built with the wide-arithmetic proposal (RSA on 64-bit
+/// limbs, several times faster); `None` when this build embeds none.
+pub fn wide_guest_component() -> Option<&'static [u8]> {
+    static WIDE: &[u8] = include_bytes!(env!("GITGAZER_WS_GUEST_WIDE_WASM_PATH"));
+    (!WIDE.is_empty()).then_some(WIDE)
+}
+
+/// Which build of the embedded policy runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GuestBuild {
+    /// The wide-arithmetic build when this engine compiles it, else the
+    /// portable one (with a warning).
+    #[default]
+    Auto,
+    /// Standard WebAssembly features only.
+    Portable,
+    /// The wide-arithmetic build; fail when it cannot be loaded.
+    Wide,
+}
 
 /// Limits and choices for running the guest.
 #[derive(Debug, Clone)]
@@ -34,6 +55,20 @@ pub struct EngineOptions {
     /// Use the pooling allocator (falls back to on-demand when the pool's
     /// address space cannot be reserved).
     pub pooling: bool,
+    /// Pooling only: how much of a linear memory stays mapped when its slot
+    /// is reused (reset in place instead of returned to the kernel), so the
+    /// next request does not page-fault its way back in.
+    pub keep_resident_bytes: usize,
+    /// Pooling only, Linux ≥ 6.7: reset only the pages a request dirtied
+    /// (the `PAGEMAP_SCAN` ioctl) instead of all `keep_resident_bytes`.
+    /// Ignored where the kernel lacks it.
+    pub pagemap_scan: bool,
+    /// Which build of the embedded policy to run (ignored with `component`).
+    pub guest_build: GuestBuild,
+    /// Benchmarks only: `false` compiles the guest without epoch checks, so
+    /// `guest_time_budget` is not enforced. Measures what the deadline costs.
+    #[doc(hidden)]
+    pub enforce_guest_time_budget: bool,
 }
 
 impl Default for EngineOptions {
@@ -46,6 +81,14 @@ impl Default for EngineOptions {
             precompiled: None,
             cache_dir: default_cache_dir(),
             pooling: true,
+            // See BENCHMARKS.md (instantiation): a request touches about
+            // 1.2 MiB (the guest's 1 MiB stack comes first, then data and
+            // heap); 4 MiB covers it with room. With the page scan only
+            // dirtied pages are reset, so a bigger window costs nothing.
+            keep_resident_bytes: 4 << 20,
+            pagemap_scan: true,
+            guest_build: GuestBuild::Auto,
+            enforce_guest_time_budget: true,
         }
     }
 }
@@ -69,24 +112,27 @@ const TABLES_PER_COMPONENT: u32 = 4;
 
 /// The engine configuration shared by every allocator choice. The precompiled
 /// artifact depends on it: change it and cached artifacts are recompiled.
-fn base_config() -> Config {
+fn base_config(options: &EngineOptions) -> Config {
     let mut config = Config::new();
     // Deadlines without fuel: epoch checks cost less on hot loops (RSA).
-    config.epoch_interruption(true);
+    config.epoch_interruption(options.enforce_guest_time_budget);
     // A deep recursion traps instead of exhausting the host's stack.
     config.max_wasm_stack(1 << 20);
+    // The wide build's 64×64→128-bit multiplies (see `GuestBuild`). Only
+    // validation changes for modules that do not use them.
+    config.wasm_wide_arithmetic(true);
     config
 }
 
 /// An engine that compiles for any CPU of this machine's architecture: no
 /// CPU feature of the build machine is assumed, so the artifact loads on
 /// whatever CPU the deployment runs (it may be a little slower).
-pub fn build_portable_engine() -> anyhow::Result<Engine> {
+pub fn build_portable_engine(options: &EngineOptions) -> anyhow::Result<Engine> {
     if std::env::consts::OS != "linux" {
         anyhow::bail!("portable precompiling is supported on Linux only");
     }
     let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
-    let mut config = base_config();
+    let mut config = base_config(options);
     config
         .target(&triple)
         .map_err(|e| anyhow::anyhow!("target {triple}: {e}"))?;
@@ -108,11 +154,14 @@ pub fn build_engine(options: &EngineOptions) -> anyhow::Result<Engine> {
             .max_memories_per_component(MEMORIES_PER_COMPONENT)
             .max_tables_per_component(TABLES_PER_COMPONENT)
             .max_memory_size(options.max_memory_bytes)
-            // Keep the first pages of a reused slot resident: cheaper than
-            // zeroing through madvise + page faults on the next request.
-            .linear_memory_keep_resident(1 << 20)
-            .table_keep_resident(1 << 16);
-        let mut config = base_config();
+            .linear_memory_keep_resident(options.keep_resident_bytes)
+            .table_keep_resident(1 << 16)
+            .pagemap_scan(if options.pagemap_scan {
+                Enabled::Auto
+            } else {
+                Enabled::No
+            });
+        let mut config = base_config(options);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         match Engine::new(&config) {
             Ok(engine) => return Ok(engine),
@@ -122,19 +171,34 @@ pub fn build_engine(options: &EngineOptions) -> anyhow::Result<Engine> {
             ),
         }
     }
-    Engine::new(&base_config()).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e}"))
+    Engine::new(&base_config(options)).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e}"))
+}
+
+/// Which guest a runtime loaded, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadedGuest {
+    /// The embedded policy, standard WebAssembly features only.
+    Portable,
+    /// The embedded policy, wide-arithmetic build.
+    Wide,
+    /// `EngineOptions::component`.
+    File,
+    /// `EngineOptions::precompiled` (whichever build it was made from).
+    Precompiled,
 }
 
 /// Loads the guest: a given precompiled artifact if it fits this engine,
-/// else the cached artifact for this component and engine, else compiles
-/// (and caches) it.
-pub fn load_component(engine: &Engine, options: &EngineOptions) -> anyhow::Result<Component> {
-    let wasm = guest_bytes(options)?;
+/// else the chosen build of the policy (or the given component), from the
+/// compile cache or compiled (and cached).
+pub fn load_component(
+    engine: &Engine,
+    options: &EngineOptions,
+) -> anyhow::Result<(Component, LoadedGuest)> {
     if let Some(path) = &options.precompiled {
         match deserialize(engine, path) {
             Ok(component) => {
                 tracing::info!(path = %path.display(), "precompiled component loaded");
-                return Ok(component);
+                return Ok((component, LoadedGuest::Precompiled));
             }
             Err(e) => tracing::warn!(
                 path = %path.display(),
@@ -143,11 +207,62 @@ pub fn load_component(engine: &Engine, options: &EngineOptions) -> anyhow::Resul
             ),
         }
     }
+    with_guest_build(options, |wasm| load_or_compile(engine, options, wasm))
+}
 
+/// Compiles the guest for this engine into `path` (for packaging: the Lambda
+/// zip ships it so no cold start pays the JIT).
+pub fn precompile_to(engine: &Engine, options: &EngineOptions, path: &Path) -> anyhow::Result<()> {
+    let (bytes, _) = with_guest_build(options, |wasm| {
+        engine
+            .precompile_component(wasm)
+            .map_err(|e| anyhow::anyhow!("compiling the guest component: {e}"))
+    })?;
+    write_atomically(path, &bytes)
+}
+
+/// Runs `use_guest` on the component the options choose: the given file, or
+/// the embedded policy's build per `guest_build`, where `Auto` falls back
+/// from the wide build to the portable one when `use_guest` fails on it (an
+/// engine without the wide-arithmetic proposal, e.g. another architecture).
+fn with_guest_build<T>(
+    options: &EngineOptions,
+    use_guest: impl Fn(&[u8]) -> anyhow::Result<T>,
+) -> anyhow::Result<(T, LoadedGuest)> {
+    if let Some(path) = &options.component {
+        let wasm = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("reading the component {}: {e}", path.display()))?;
+        return Ok((use_guest(&wasm)?, LoadedGuest::File));
+    }
+    let portable = || Ok((use_guest(GUEST_COMPONENT)?, LoadedGuest::Portable));
+    let wide = |wasm| Ok((use_guest(wasm)?, LoadedGuest::Wide));
+    match (options.guest_build, wide_guest_component()) {
+        (GuestBuild::Portable, _) | (GuestBuild::Auto, None) => portable(),
+        (GuestBuild::Wide, None) => {
+            anyhow::bail!("this build embeds no wide-arithmetic guest (GITGAZER_WS_GUEST_WASM)")
+        }
+        (GuestBuild::Wide, Some(wasm)) => wide(wasm),
+        (GuestBuild::Auto, Some(wasm)) => wide(wasm).or_else(|e| {
+            tracing::warn!(
+                error = %format!("{e:#}"),
+                "the wide-arithmetic guest does not load here; running the portable one"
+            );
+            portable()
+        }),
+    }
+}
+
+/// The cached artifact for this component and engine, else compiles (and
+/// caches) it.
+fn load_or_compile(
+    engine: &Engine,
+    options: &EngineOptions,
+    wasm: &[u8],
+) -> anyhow::Result<Component> {
     let cached = options
         .cache_dir
         .as_ref()
-        .map(|dir| dir.join(cache_file_name(engine, &wasm)));
+        .map(|dir| dir.join(cache_file_name(engine, wasm)));
     if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
         match deserialize(engine, path) {
             Ok(component) => return Ok(component),
@@ -158,7 +273,7 @@ pub fn load_component(engine: &Engine, options: &EngineOptions) -> anyhow::Resul
     }
 
     let started = std::time::Instant::now();
-    let component = Component::new(engine, &wasm)
+    let component = Component::new(engine, wasm)
         .map_err(|e| anyhow::anyhow!("compiling the guest component: {e}"))?;
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -170,25 +285,6 @@ pub fn load_component(engine: &Engine, options: &EngineOptions) -> anyhow::Resul
         tracing::warn!(path = %path.display(), error = %e, "could not cache the compiled component");
     }
     Ok(component)
-}
-
-/// Compiles the embedded guest for this engine into `path` (for packaging:
-/// the Lambda zip ships it so no cold start pays the JIT).
-pub fn precompile_to(engine: &Engine, options: &EngineOptions, path: &Path) -> anyhow::Result<()> {
-    let bytes = engine
-        .precompile_component(&guest_bytes(options)?)
-        .map_err(|e| anyhow::anyhow!("compiling the guest component: {e}"))?;
-    write_atomically(path, &bytes)
-}
-
-/// The embedded policy, or the component file the options name.
-fn guest_bytes(options: &EngineOptions) -> anyhow::Result<std::borrow::Cow<'static, [u8]>> {
-    match &options.component {
-        None => Ok(GUEST_COMPONENT.into()),
-        Some(path) => std::fs::read(path)
-            .map(Into::into)
-            .map_err(|e| anyhow::anyhow!("reading the component {}: {e}", path.display())),
-    }
 }
 
 fn deserialize(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
@@ -235,4 +331,50 @@ fn cache_file_name(engine: &Engine, wasm: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect();
     format!("guest-{hex}.cwasm")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(guest_build: GuestBuild) -> EngineOptions {
+        EngineOptions {
+            guest_build,
+            ..EngineOptions::default()
+        }
+    }
+
+    /// `use_guest` that fails on the wide build, like an engine without the
+    /// wide-arithmetic proposal.
+    fn refuse_wide(wasm: &[u8]) -> anyhow::Result<usize> {
+        match wide_guest_component() {
+            Some(wide) if wasm == wide => anyhow::bail!("wide-arithmetic not enabled"),
+            _ => Ok(wasm.len()),
+        }
+    }
+
+    #[test]
+    fn auto_prefers_the_wide_build_and_falls_back_to_the_portable_one() {
+        assert!(wide_guest_component().is_some(), "this build embeds both");
+        let loaded = |build| with_guest_build(&options(build), |wasm| Ok(wasm.len())).unwrap();
+        assert_eq!(loaded(GuestBuild::Auto).1, LoadedGuest::Wide);
+        assert_eq!(loaded(GuestBuild::Wide).1, LoadedGuest::Wide);
+        assert_eq!(loaded(GuestBuild::Portable).1, LoadedGuest::Portable);
+
+        let (len, guest) = with_guest_build(&options(GuestBuild::Auto), refuse_wide).unwrap();
+        assert_eq!(guest, LoadedGuest::Portable);
+        assert_eq!(len, GUEST_COMPONENT.len());
+        // Asked for explicitly, the wide build fails instead of falling back.
+        assert!(with_guest_build(&options(GuestBuild::Wide), refuse_wide).is_err());
+    }
+
+    #[test]
+    fn an_engine_without_the_proposal_rejects_the_wide_build_only() {
+        let mut config = Config::new();
+        config.wasm_wide_arithmetic(false);
+        let engine = Engine::new(&config).unwrap();
+        let wide = wide_guest_component().unwrap();
+        assert!(Component::new(&engine, wide).is_err());
+        assert!(Component::new(&engine, GUEST_COMPONENT).is_ok());
+    }
 }

@@ -5,6 +5,6 @@ pub mod engine;
 mod imports;
 mod runtime;
 
-pub use engine::{EngineOptions, GUEST_COMPONENT};
+pub use engine::{EngineOptions, GUEST_COMPONENT, GuestBuild, LoadedGuest, wide_guest_component};
 pub use imports::Capabilities;
 pub use runtime::{INTERNAL_ERROR_BODY, PolicyRuntime, PolicySettings, Reply, Verdict};

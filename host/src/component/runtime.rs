@@ -10,7 +10,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
 
 use super::bindings::{WsHandler, WsHandlerPre, handler, types};
-use super::engine::{EPOCH_TICK, EngineOptions, build_engine, load_component};
+use super::engine::{EPOCH_TICK, EngineOptions, LoadedGuest, build_engine, load_component};
 use super::imports::{Capabilities, RequestState};
 use crate::store::ConnectionStore;
 
@@ -58,6 +58,7 @@ pub enum Verdict {
 pub struct PolicyRuntime {
     engine: Engine,
     pre: WsHandlerPre<RequestState>,
+    loaded: LoadedGuest,
     options: EngineOptions,
     /// One permit per pool slot: requests beyond wait instead of failing.
     slots: Semaphore,
@@ -68,7 +69,8 @@ impl PolicyRuntime {
     /// starts the epoch ticker that enforces guest deadlines.
     pub fn new(options: EngineOptions) -> anyhow::Result<Arc<Self>> {
         let engine = build_engine(&options)?;
-        let component = load_component(&engine, &options)?;
+        let (component, loaded) = load_component(&engine, &options)?;
+        tracing::info!(guest = ?loaded, "policy component loaded");
         let mut linker: Linker<RequestState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
@@ -82,9 +84,15 @@ impl PolicyRuntime {
         Ok(Arc::new(Self {
             engine,
             pre,
+            loaded,
             slots: Semaphore::new(options.max_instances.max(1) as usize),
             options,
         }))
+    }
+
+    /// Which guest runs.
+    pub fn loaded_guest(&self) -> LoadedGuest {
+        self.loaded
     }
 
     /// Decides a CONNECT.
