@@ -232,11 +232,14 @@ macro_rules! montgomery {
             fn multiply_add(t: &mut [Limb], a: &[Limb], b: Limb) -> Limb {
                 debug_assert_eq!(t.len(), a.len());
                 let b = Wide::from(b);
-                let mut carry: Wide = 0;
+                // The carry is one limb (the sum's high half): kept as `Limb`,
+                // not `Wide`, so the compiler knows its upper half is zero
+                // (with wide-arithmetic, fewer 128-bit adds per step).
+                let mut carry: Limb = 0;
                 let mut step = |t_j: &mut Limb, a_j: Limb| {
-                    let sum = Wide::from(*t_j) + Wide::from(a_j) * b + carry;
+                    let sum = Wide::from(*t_j) + Wide::from(a_j) * b + Wide::from(carry);
                     *t_j = sum as Limb;
-                    carry = sum >> LIMB_BITS;
+                    carry = (sum >> LIMB_BITS) as Limb;
                 };
                 // Blocks of 16 limbs, then of 4 (the rows of a square have every
                 // length), then single limbs.
@@ -257,7 +260,7 @@ macro_rules! montgomery {
                 for (t_j, &a_j) in t_rest.iter_mut().zip(a_rest) {
                     step(t_j, a_j);
                 }
-                carry as Limb
+                carry
             }
 
             /// `x <<= shift` for `shift < LIMB_BITS`, bits above the top limb dropped.

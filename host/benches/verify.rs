@@ -11,8 +11,12 @@
 //!   (what the guest time budget costs). `guest/verify-token empty`: the same
 //!   call refused before any work, i.e. instantiation + call overhead. Their
 //!   difference is the in-guest verification cost.
-//! - `guest/connect+disconnect`: both decisions end to end in-process with
-//!   the embedded store.
+//! - `guest/verify-token unknown key, <build>`: the token path without the
+//!   signature check (parsing, key set twice: the refetch on an unknown kid).
+//! - `guest/connect`, `guest/connect+disconnect`: the decisions end to end
+//!   in-process with the embedded store, default build.
+//! - `instance memory/*`: the same verification under each way of preparing
+//!   a guest's linear memory (the pooling allocator's options).
 
 use std::sync::Arc;
 
@@ -145,6 +149,14 @@ fn benches(c: &mut Criterion) {
         }
     }
     let handler = handler(GuestBuild::Auto, true);
+    group.bench_function("connect", |b| {
+        // The same connection again: its records are overwritten.
+        b.iter(|| {
+            let connect =
+                runtime.block_on(handler.connect("bench", "bench-connection", Some(&token)));
+            assert_eq!(connect.status, 200);
+        })
+    });
     group.bench_function("connect+disconnect", |b| {
         b.iter(|| {
             runtime.block_on(async {

@@ -1,0 +1,152 @@
+//! Load generator: CONNECT+DISCONNECT pairs over HTTP against the dev server
+//! (`gitgazer-ws serve`, embedded store, dev key) on loopback. Each client
+//! loops: `GET /connect?idToken=…&connectionId=<new>` then
+//! `GET /disconnect?connectionId=<same>`, both must answer 200. Prints
+//! pairs/s and latency percentiles (per pair and per request). A benchmark,
+//! not a test (figures in BENCHMARKS.md):
+//!
+//!     scripts/build
+//!     cargo run --release -p gitgazer-ws-tests --example load_pairs -- [CLIENTS] [SECONDS]
+//!
+//! Defaults: 16 clients, 10 s (after 2 s of warm-up). The generator shares
+//! the machine with the server, as it would on a developer's laptop.
+
+use std::time::{Duration, Instant};
+
+use gitgazer_ws_tests::Server;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let clients: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(16);
+    let seconds: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(10);
+
+    // Default settings, logging included (info).
+    let server = Server::start(&[]);
+    let address = server.base_url.trim_start_matches("http://").to_owned();
+    // A Cognito-shaped dev token with three groups: three records a CONNECT.
+    let (status, token) = get(
+        &mut connect(&address).await,
+        "/dev/token?groups=integration-1,integration-2,integration-3",
+    )
+    .await;
+    assert_eq!(status, 200, "{token}");
+
+    let warm_up = Duration::from_secs(2);
+    let started = Instant::now();
+    let measure_from = started + warm_up;
+    let measure_until = measure_from + Duration::from_secs(seconds);
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let (token, address) = (token.clone(), address.clone());
+            tokio::spawn(async move {
+                let mut http = connect(&address).await;
+                let mut samples = Samples::default();
+                for pair in 0u64.. {
+                    let now = Instant::now();
+                    if now >= measure_until {
+                        break;
+                    }
+                    let connection_id = format!("load-{client}-{pair}");
+                    let connect = timed_get(
+                        &mut http,
+                        &format!("/connect?idToken={token}&connectionId={connection_id}"),
+                    )
+                    .await;
+                    let disconnect = timed_get(
+                        &mut http,
+                        &format!("/disconnect?connectionId={connection_id}"),
+                    )
+                    .await;
+                    if now >= measure_from {
+                        samples.connect.push(connect);
+                        samples.disconnect.push(disconnect);
+                        samples.pair.push(connect + disconnect);
+                    }
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut all = Samples::default();
+    for task in tasks {
+        let samples = task.await.unwrap();
+        all.connect.extend(samples.connect);
+        all.disconnect.extend(samples.disconnect);
+        all.pair.extend(samples.pair);
+    }
+    let elapsed = measure_until
+        .saturating_duration_since(measure_from)
+        .as_secs_f64();
+    println!(
+        "{clients} clients, {seconds} s: {} pairs, {:.0} pairs/s; server peak RSS {:.1} MiB",
+        all.pair.len(),
+        all.pair.len() as f64 / elapsed,
+        server.peak_rss_kib() as f64 / 1024.0
+    );
+    for (name, samples) in [
+        ("pair", &mut all.pair),
+        ("CONNECT", &mut all.connect),
+        ("DISCONNECT", &mut all.disconnect),
+    ] {
+        samples.sort();
+        let at = |q: f64| {
+            let index = ((samples.len() as f64 * q) as usize).min(samples.len() - 1);
+            samples[index].as_secs_f64() * 1000.0
+        };
+        println!(
+            "{name:>10} latency: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            at(0.50),
+            at(0.90),
+            at(0.99),
+            at(0.999),
+            at(1.0)
+        );
+    }
+}
+
+#[derive(Default)]
+struct Samples {
+    connect: Vec<Duration>,
+    disconnect: Vec<Duration>,
+    pair: Vec<Duration>,
+}
+
+/// A keep-alive HTTP/1.1 connection to the server.
+async fn connect(address: &str) -> SendRequest<Empty<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// GET `path`: the status and the body.
+async fn get(http: &mut SendRequest<Empty<Bytes>>, path: &str) -> (u16, String) {
+    http.ready().await.expect("the connection stays open");
+    let request = hyper::Request::get(path)
+        .header("host", "127.0.0.1")
+        .body(Empty::new())
+        .unwrap();
+    let response = http
+        .send_request(request)
+        .await
+        .expect("the server answers");
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One GET that must answer 200; its latency.
+async fn timed_get(http: &mut SendRequest<Empty<Bytes>>, path: &str) -> Duration {
+    let started = Instant::now();
+    let (status, body) = get(http, path).await;
+    assert_eq!(status, 200, "{body}");
+    started.elapsed()
+}
