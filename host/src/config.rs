@@ -45,6 +45,11 @@ pub enum Command {
     /// Manages the DynamoDB table (TABLE_NAME).
     #[command(subcommand)]
     Table(TableCommand),
+    /// Sends a message to every connection of an integration through the API
+    /// Gateway Management API (WEBSOCKET_API_ENDPOINT; records from
+    /// TABLE_NAME) and prints the counts as JSON; exit 0 when every live
+    /// connection got it or was gone, 1 when some failed, 2 usage.
+    Deliver(DeliverArgs),
     /// Precompiles the embedded policy component into FILE, for this CPU or
     /// (--portable) any CPU of its architecture; load it with --precompiled
     /// (or put it beside the executable as gitgazer-ws.cwasm).
@@ -178,6 +183,23 @@ pub struct VerifyTokenArgs {
 pub struct HandleEventArgs {
     /// The event file; `-` or nothing reads standard input.
     pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeliverArgs {
+    /// The integration (the `integrationId` of the records).
+    #[arg(long)]
+    pub integration: String,
+    /// The message file; `-` or nothing reads standard input.
+    #[arg(long)]
+    pub message: Option<PathBuf>,
+    /// The Management API endpoint,
+    /// `https://{api-id}.execute-api.{region}.amazonaws.com/{stage}`.
+    #[arg(long, env = "WEBSOCKET_API_ENDPOINT")]
+    pub endpoint: String,
+    /// Posts in flight at once.
+    #[arg(long, env = "DELIVERY_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@
 
 pub mod component;
 pub mod config;
+pub mod delivery;
 pub mod dev;
 pub mod events;
 pub mod http;

@@ -3,12 +3,14 @@
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use gitgazer_ws::component::Verdict;
 use gitgazer_ws::config::{
-    Cli, Command, GlobalArgs, LogFormat, ServeArgs, TableCommand, TokenMode,
+    Cli, Command, DeliverArgs, GlobalArgs, LogFormat, ServeArgs, TableCommand, TokenMode,
 };
+use gitgazer_ws::delivery::{self, DeliveryOptions, ManagementApi};
 use gitgazer_ws::http::{AppState, app};
 use gitgazer_ws::service::{Handler, new_request_id, unix_now};
 use gitgazer_ws::store::{DynamoDbStore, MemoryStore};
@@ -74,6 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{table}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Deliver(args) => deliver(&cli.global, &args).await,
         Command::Compile(args) => {
             let options = cli.global.engine_options();
             let engine = if args.portable {
@@ -84,6 +87,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             gitgazer_ws::component::engine::precompile_to(&engine, &options, &args.output)?;
             println!("{}", args.output.display());
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn deliver(global: &GlobalArgs, args: &DeliverArgs) -> anyhow::Result<ExitCode> {
+    let message = read_input(args.message.as_deref())?;
+    let table = global.dynamodb_options().ok_or_else(|| {
+        anyhow::anyhow!("deliver reads the records from DynamoDB: set TABLE_NAME (--table-name)")
+    })?;
+    let options = DeliveryOptions {
+        concurrency: args.concurrency.max(1),
+        ..DeliveryOptions::default()
+    };
+    let sender = ManagementApi::connect(&args.endpoint, options.call_timeout).await?;
+    let store = DynamoDbStore::connect(table).await;
+    let report = delivery::deliver(
+        Arc::new(store),
+        Arc::new(sender),
+        &args.integration,
+        message.into(),
+        unix_now(),
+        &options,
+    )
+    .await?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INVALID)
+    })
+}
+
+/// A file's bytes, or standard input's for `-` or no path.
+fn read_input(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
+    match path {
+        Some(path) if path.as_os_str() != "-" => {
+            std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
+        }
+        _ => {
+            let mut input = Vec::new();
+            std::io::stdin().read_to_end(&mut input)?;
+            Ok(input)
         }
     }
 }
@@ -202,16 +247,7 @@ async fn handle_event(
     global: &GlobalArgs,
     file: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
-    let bytes = match file {
-        Some(path) if path.as_os_str() != "-" => {
-            std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?
-        }
-        _ => {
-            let mut input = Vec::new();
-            std::io::stdin().read_to_end(&mut input)?;
-            input
-        }
-    };
+    let bytes = read_input(file)?;
     let started = startup::start(global).await?;
     let request_id = new_request_id();
     let response = events::handle_event_json(&started.handler, &bytes, Some(&request_id)).await;

@@ -31,6 +31,10 @@ impl ConnectionStore for FailingStore {
         *self.calls.lock().unwrap() += 1;
         Err(self.error.clone())
     }
+    async fn records_of(&self, _integration_id: &str) -> Result<Vec<ConnectionRecord>, StoreError> {
+        *self.calls.lock().unwrap() += 1;
+        Err(self.error.clone())
+    }
     fn describe(&self) -> String {
         "failing".into()
     }

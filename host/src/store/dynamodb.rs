@@ -427,6 +427,35 @@ impl ConnectionStore for DynamoDbStore {
         }
     }
 
+    async fn records_of(&self, integration_id: &str) -> Result<Vec<ConnectionRecord>, StoreError> {
+        let mut records = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            // Strongly consistent: a record stored a moment ago is a reader
+            // waiting for this event.
+            let page = self
+                .client
+                .query()
+                .table_name(&self.options.table)
+                .consistent_read(true)
+                .key_condition_expression("#i = :i")
+                .expression_attribute_names("#i", INTEGRATION_ID)
+                .expression_attribute_values(":i", AttributeValue::S(integration_id.to_owned()))
+                .set_limit(self.options.query_page_limit)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify("Query", e))?;
+            for item in page.items() {
+                records.push(record_from(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(records),
+            }
+        }
+    }
+
     async fn delete(&self, keys: &[RecordKey]) -> Result<u32, StoreError> {
         let deleted = self.delete_keys(keys).await?;
         self.confirm_if_uncertain(keys);
@@ -492,6 +521,24 @@ fn key_attributes(key: &RecordKey) -> HashMap<String, AttributeValue> {
             AttributeValue::S(key.connection_id.clone()),
         ),
     ])
+}
+
+/// A stored item as a record; `sub` and `connectedAt` may be missing on
+/// records written by other tools (empty then), the keys and `expiresAt`
+/// may not.
+fn record_from(item: &HashMap<String, AttributeValue>) -> Result<ConnectionRecord, StoreError> {
+    let expires_at = match item.get(EXPIRES_AT) {
+        Some(AttributeValue::N(number)) => number.parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| StoreError::Other(format!("Query: an item without a numeric {EXPIRES_AT}")))?;
+    Ok(ConnectionRecord {
+        integration_id: string_attribute(item, INTEGRATION_ID)?,
+        connection_id: string_attribute(item, CONNECTION_ID)?,
+        sub: string_attribute(item, SUB).unwrap_or_default(),
+        connected_at: string_attribute(item, CONNECTED_AT).unwrap_or_default(),
+        expires_at,
+    })
 }
 
 fn string_attribute(

@@ -48,6 +48,15 @@ impl ConnectionStore for MemoryStore {
             .collect())
     }
 
+    async fn records_of(&self, integration_id: &str) -> Result<Vec<ConnectionRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .values()
+            .filter(|record| record.integration_id == integration_id)
+            .cloned()
+            .collect())
+    }
+
     async fn delete(&self, keys: &[RecordKey]) -> Result<u32, StoreError> {
         let mut map = self.lock();
         let removed = keys.iter().filter(|key| map.remove(key).is_some()).count();

@@ -83,6 +83,10 @@ pub trait ConnectionStore: Send + Sync + 'static {
     /// Deletes the records; returns how many existed and were removed.
     async fn delete(&self, keys: &[RecordKey]) -> Result<u32, StoreError>;
 
+    /// Every record of an integration (all pages), expired ones included:
+    /// TTL deletion lags, so the caller decides what `expiresAt` means.
+    async fn records_of(&self, integration_id: &str) -> Result<Vec<ConnectionRecord>, StoreError>;
+
     /// Removes the records of a CONNECT that failed after storing them
     /// (`expires_at`: when they expire anyway). Never fails the caller: a
     /// store may retry in the background.
