@@ -165,6 +165,13 @@ pub struct ServeArgs {
     /// finish before the server exits anyway.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
+    /// Where `POST /integrations/{id}/events` delivers: an API Gateway
+    /// Management API endpoint; unset: this host's own WebSocket endpoint.
+    #[arg(long, env = "WEBSOCKET_API_ENDPOINT")]
+    pub websocket_api_endpoint: Option<String>,
+    /// Open WebSockets at once on `/ws`; more are refused with 503.
+    #[arg(long, env = "MAX_WEBSOCKETS", default_value_t = 10_000)]
+    pub max_websockets: usize,
 }
 
 #[derive(Debug, Args)]

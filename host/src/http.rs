@@ -3,22 +3,28 @@
 //!
 //! Query strings carry tokens: the access log writes the path only.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
 use crate::component::Reply;
+use crate::delivery::{
+    self, ConnectionSender, DeliveryError, DeliveryOptions, MAX_MESSAGE_BYTES, SendError,
+};
 use crate::dev::{DevClaims, DevSigner};
 use crate::events::handle_event_json;
 use crate::service::{Handler, new_request_id, unix_now};
+use crate::websocket::{self, Sockets};
 
 /// Largest request body accepted (API Gateway events are a few KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -32,24 +38,151 @@ pub struct AppState {
     pub handler: Handler,
     /// Present in dev mode only: `/dev/*` exists only then.
     pub dev: Option<Arc<DevSigner>>,
+    /// The self-hosted WebSocket endpoint's open sockets.
+    pub sockets: Arc<Sockets>,
+    /// Where `POST /integrations/{id}/events` delivers: these sockets, or
+    /// the API Gateway Management API when WEBSOCKET_API_ENDPOINT is set.
+    pub sender: Arc<dyn ConnectionSender>,
 }
 
 pub fn app(state: AppState) -> Router {
+    // Delivery and the Management API shape answer loopback peers only: a
+    // local GitGazer component or an operator's reverse proxy, never the
+    // browsers the sockets serve.
+    let management = Router::new()
+        .route(
+            "/@connections/{connection_id}",
+            post(post_to_connection).delete(delete_connection),
+        )
+        .route("/integrations/{integration_id}/events", post(deliver_event))
+        .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
+        .layer(middleware::from_fn(loopback_only));
     let mut router = Router::new()
         .route("/connect", get(connect))
         .route("/disconnect", get(disconnect))
-        .route("/events", post(events))
+        .route(
+            "/events",
+            post(events).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
+        .route("/ws", get(websocket))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/status", get(status));
+        .route("/status", get(status))
+        .merge(management);
     if state.dev.is_some() {
         router = router
             .route("/dev/jwks.json", get(dev_jwks))
             .route("/dev/token", get(dev_token));
     }
     router
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(access_log))
         .with_state(state)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WebSocketParams {
+    id_token: Option<String>,
+}
+
+/// `GET /ws?idToken=…` or with `Sec-WebSocket-Protocol: bearer, <token>`.
+async fn websocket(
+    State(state): State<AppState>,
+    Query(params): Query<WebSocketParams>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    websocket::upgrade(
+        state.handler,
+        state.sockets,
+        upgrade,
+        &headers,
+        params.id_token,
+    )
+    .await
+}
+
+/// API Gateway's `PostToConnection`: 200 sent, 410 no such socket.
+async fn post_to_connection(
+    State(state): State<AppState>,
+    Path(connection_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    management_reply(state.sockets.send(&connection_id, &body), StatusCode::OK)
+}
+
+/// API Gateway's `DeleteConnection`: 204 closing, 410 no such socket.
+async fn delete_connection(
+    State(state): State<AppState>,
+    Path(connection_id): Path<String>,
+) -> Response {
+    let result = if state.sockets.close(&connection_id) {
+        Ok(())
+    } else {
+        Err(SendError::Gone)
+    };
+    management_reply(result, StatusCode::NO_CONTENT)
+}
+
+/// API Gateway's error shape: `{"message": …}`.
+fn management_reply(result: Result<(), SendError>, ok: StatusCode) -> Response {
+    let (status, message) = match result {
+        Ok(()) => return ok.into_response(),
+        Err(SendError::Gone) => (StatusCode::GONE, "Gone".to_owned()),
+        Err(SendError::Failed(reason)) => (StatusCode::PAYLOAD_TOO_LARGE, reason),
+        Err(SendError::Forbidden(reason)) => (StatusCode::FORBIDDEN, reason),
+        Err(SendError::Retryable(reason)) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "message": message })),
+    )
+        .into_response()
+}
+
+/// `POST /integrations/{id}/events`: the body to every connection of the
+/// integration; the counts as JSON.
+async fn deliver_event(
+    State(state): State<AppState>,
+    Path(integration_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = delivery::deliver(
+        state.handler.store(),
+        state.sender.clone(),
+        &integration_id,
+        Arc::from(&body[..]),
+        unix_now(),
+        &DeliveryOptions::default(),
+    )
+    .await;
+    match result {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(error @ DeliveryError::TooLarge { .. }) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, error.to_string()).into_response()
+        }
+        Err(error) => {
+            tracing::error!(integration_id, %error, "delivery failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.").into_response()
+        }
+    }
+}
+
+/// 403 for any peer but loopback (and when the peer is unknown).
+async fn loopback_only(request: Request, next: Next) -> Response {
+    use axum::extract::FromRequestParts;
+    let (mut parts, body) = request.into_parts();
+    let loopback = ConnectInfo::<SocketAddr>::from_request_parts(&mut parts, &())
+        .await
+        .is_ok_and(|ConnectInfo(peer)| peer.ip().is_loopback());
+    let request = Request::from_parts(parts, body);
+    if !loopback {
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(serde_json::json!({ "message": "Forbidden" })),
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// Operational state: rollbacks still pending in the background (a test or an
@@ -189,4 +322,44 @@ async fn access_log(request: Request, next: Next) -> Response {
         "http"
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::extract::connect_info::MockConnectInfo;
+    use axum::routing::post;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn status_from(peer: Option<&str>) -> StatusCode {
+        let router = Router::new()
+            .route("/@connections/{id}", post(|| async { "sent" }))
+            .layer(middleware::from_fn(loopback_only));
+        let router = match peer {
+            Some(peer) => router.layer(MockConnectInfo(peer.parse::<SocketAddr>().unwrap())),
+            None => router,
+        };
+        let request = axum::http::Request::post("/@connections/abc")
+            .body(Body::from("x"))
+            .unwrap();
+        router.oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn management_routes_answer_loopback_peers_only() {
+        assert_eq!(status_from(Some("127.0.0.1:5000")).await, StatusCode::OK);
+        assert_eq!(status_from(Some("[::1]:5000")).await, StatusCode::OK);
+        assert_eq!(
+            status_from(Some("10.0.0.7:5000")).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status_from(Some("[2001:db8::1]:5000")).await,
+            StatusCode::FORBIDDEN
+        );
+        // Unknown peer (no connect info): refused, never assumed local.
+        assert_eq!(status_from(None).await, StatusCode::FORBIDDEN);
+    }
 }

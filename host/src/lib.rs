@@ -24,3 +24,4 @@ pub mod lambda;
 pub mod service;
 pub mod startup;
 pub mod store;
+pub mod websocket;

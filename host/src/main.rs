@@ -10,10 +10,11 @@ use gitgazer_ws::component::Verdict;
 use gitgazer_ws::config::{
     Cli, Command, DeliverArgs, GlobalArgs, LogFormat, ServeArgs, TableCommand, TokenMode,
 };
-use gitgazer_ws::delivery::{self, DeliveryOptions, ManagementApi};
+use gitgazer_ws::delivery::{self, ConnectionSender, DeliveryOptions, ManagementApi};
 use gitgazer_ws::http::{AppState, app};
 use gitgazer_ws::service::{Handler, new_request_id, unix_now};
 use gitgazer_ws::store::{DynamoDbStore, MemoryStore};
+use gitgazer_ws::websocket::{SocketLimits, Sockets};
 use gitgazer_ws::{events, startup};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
@@ -155,18 +156,39 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode
         );
     }
     tracing::info!(%address, "listening");
+    let sockets = Sockets::new(SocketLimits {
+        max_connections: args.max_websockets.max(1),
+        ..SocketLimits::default()
+    });
+    let sender: Arc<dyn ConnectionSender> = match args
+        .websocket_api_endpoint
+        .as_deref()
+        .filter(|endpoint| !endpoint.is_empty())
+    {
+        Some(endpoint) => Arc::new(
+            ManagementApi::connect(endpoint, DeliveryOptions::default().call_timeout).await?,
+        ),
+        None => sockets.clone(),
+    };
     let state = AppState {
         handler: started.handler,
         dev: started.dev,
+        sockets: sockets.clone(),
+        sender,
     };
     // On a signal: stop accepting, let in-flight requests finish, but no
     // longer than the grace period.
     let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+    let grace = std::time::Duration::from_secs(args.shutdown_grace_seconds);
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let closing = sockets.clone();
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
         shutdown_signal().await;
         let _ = stopping_tx.send(true);
+        // Upgraded sockets are not requests the server waits for: close them
+        // now, so their DISCONNECTs run while requests drain.
+        tokio::spawn(async move { closing.close_all(grace).await });
     });
-    let grace = std::time::Duration::from_secs(args.shutdown_grace_seconds);
     let grace_expired = async move {
         let _ = stopping_rx.wait_for(|stopping| *stopping).await;
         tokio::time::sleep(grace).await;
@@ -177,6 +199,8 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode
             tracing::warn!(?grace, "in-flight requests still running after the grace period; exiting");
         }
     }
+    // Wait for the sockets' DISCONNECTs (bounded): their records must go.
+    sockets.close_all(grace).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

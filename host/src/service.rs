@@ -69,6 +69,11 @@ impl Handler {
 
     /// Records of failed CONNECTs whose removal the store is still retrying
     /// in the background (`GET /status`).
+    /// The record store, for delivery.
+    pub fn store(&self) -> Arc<dyn ConnectionStore> {
+        self.caps.store.clone()
+    }
+
     pub fn pending_rollbacks(&self) -> usize {
         self.caps.store.pending_rollbacks()
     }

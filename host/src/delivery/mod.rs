@@ -465,7 +465,7 @@ mod tests {
         .unwrap();
         assert_eq!(report.delivered, 50);
         let peak = sender.now.lock().unwrap().1;
-        assert!(peak <= 4 && peak >= 2, "peak concurrency {peak}");
+        assert!((2..=4).contains(&peak), "peak concurrency {peak}");
     }
 
     #[tokio::test]
