@@ -172,6 +172,36 @@ pub struct ServeArgs {
     /// Open WebSockets at once on `/ws`; more are refused with 503.
     #[arg(long, env = "MAX_WEBSOCKETS", default_value_t = 10_000)]
     pub max_websockets: usize,
+    /// A WebSocket without a data frame either way for this long is closed
+    /// (API Gateway: 10 min). A duration: `90s`, `10m`, `1h 30m`.
+    #[arg(long, env = "WS_IDLE_TIMEOUT", default_value = "10m", value_parser = positive_duration)]
+    pub ws_idle_timeout: Duration,
+    /// A WebSocket is closed at this age (API Gateway: 2 h).
+    #[arg(long, env = "WS_MAX_AGE", default_value = "2h", value_parser = positive_duration)]
+    pub ws_max_age: Duration,
+    /// A ping this often; a WebSocket that has not answered the previous
+    /// one by then is dropped.
+    #[arg(long, env = "WS_PING_INTERVAL", default_value = "30s", value_parser = positive_duration)]
+    pub ws_ping_interval: Duration,
+    /// Bytes waiting for one WebSocket (plus 64 per message); a reader that
+    /// falls further behind is disconnected. At least one message (128 KiB).
+    #[arg(long, env = "WS_SEND_QUEUE_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(SMALLEST_SEND_QUEUE..))]
+    pub ws_send_queue_bytes: u64,
+}
+
+/// A send queue must hold the largest message.
+const SMALLEST_SEND_QUEUE: u64 =
+    (crate::delivery::MAX_MESSAGE_BYTES + crate::websocket::QUEUED_MESSAGE_OVERHEAD) as u64;
+
+/// A duration such as `500ms`, `30s`, `10m` or `2h`; zero is refused.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let duration =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 30s, 10m, 2h)"))?;
+    if duration.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(duration)
 }
 
 #[derive(Debug, Args)]
@@ -423,5 +453,33 @@ mod tests {
         .unwrap();
         let err = cli.global.token_mode().unwrap_err().to_string();
         assert!(err.contains("COGNITO_CLIENT_ID"), "{err}");
+    }
+
+    #[test]
+    fn socket_limits_parse_durations_and_refuse_zero_or_too_small() {
+        let serve = |extra: &[&str]| {
+            let mut args = vec!["gitgazer-ws", "serve"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).map(|cli| match cli.command {
+                Some(Command::Serve(serve)) => serve,
+                _ => unreachable!(),
+            })
+        };
+        let defaults = serve(&[]).unwrap();
+        assert_eq!(defaults.ws_idle_timeout, Duration::from_secs(600));
+        assert_eq!(defaults.ws_max_age, Duration::from_secs(7200));
+        assert_eq!(defaults.ws_ping_interval, Duration::from_secs(30));
+        assert_eq!(defaults.ws_send_queue_bytes, 1024 * 1024);
+        let set = serve(&["--ws-idle-timeout", "1m 30s", "--ws-ping-interval", "500ms"]).unwrap();
+        assert_eq!(set.ws_idle_timeout, Duration::from_secs(90));
+        assert_eq!(set.ws_ping_interval, Duration::from_millis(500));
+        for (flag, value, says) in [
+            ("--ws-ping-interval", "0s", "more than zero"),
+            ("--ws-max-age", "soon", "e.g. 30s"),
+            ("--ws-send-queue-bytes", "1000", "131136"),
+        ] {
+            let err = serve(&[flag, value]).unwrap_err().to_string();
+            assert!(err.contains(says), "{flag} {value}: {err}");
+        }
     }
 }

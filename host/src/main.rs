@@ -158,6 +158,10 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode
     tracing::info!(%address, "listening");
     let sockets = Sockets::new(SocketLimits {
         max_connections: args.max_websockets.max(1),
+        send_queue_bytes: usize::try_from(args.ws_send_queue_bytes).unwrap_or(usize::MAX),
+        idle_timeout: args.ws_idle_timeout,
+        max_age: args.ws_max_age,
+        ping_interval: args.ws_ping_interval,
         ..SocketLimits::default()
     });
     let sender: Arc<dyn ConnectionSender> = match args

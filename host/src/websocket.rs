@@ -10,6 +10,7 @@
 //! DISCONNECT decision runs and its records go.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::delivery::{ConnectionSender, MAX_MESSAGE_BYTES, SendError};
@@ -32,9 +33,10 @@ pub const BEARER_PROTOCOL: &str = "bearer";
 pub struct SocketLimits {
     /// Open sockets at once; more upgrades are refused with 503.
     pub max_connections: usize,
-    /// Messages waiting for one socket; a reader that falls further behind
-    /// is disconnected (memory stays bounded).
-    pub send_queue: usize,
+    /// Bytes waiting for one socket (each message also counts
+    /// [`QUEUED_MESSAGE_OVERHEAD`]); a reader that falls further behind is
+    /// disconnected, so memory stays bounded however slow it is.
+    pub send_queue_bytes: usize,
     /// Largest message, either way.
     pub max_message_bytes: usize,
     /// No data frame either way for this long: closed (API Gateway: 10 min).
@@ -51,7 +53,7 @@ impl Default for SocketLimits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
-            send_queue: 64,
+            send_queue_bytes: 1024 * 1024,
             max_message_bytes: MAX_MESSAGE_BYTES,
             idle_timeout: Duration::from_secs(600),
             max_age: Duration::from_secs(7200),
@@ -61,26 +63,76 @@ impl Default for SocketLimits {
     }
 }
 
+/// What a queued message costs beyond its bytes (the buffer and the queue's
+/// slot), so that a flood of tiny messages is bounded too.
+pub const QUEUED_MESSAGE_OVERHEAD: usize = 64;
+
+/// Why the server ends a socket: the close frame it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServerClose {
+    /// `DELETE /@connections/{id}`.
+    Deleted,
+    /// The send queue overflowed.
+    SlowReader,
+    /// The host is shutting down.
+    Shutdown,
+}
+
+impl ServerClose {
+    fn frame(self) -> (u16, &'static str) {
+        match self {
+            Self::Deleted => (1000, "closed by the server"),
+            Self::SlowReader => (1008, "slow reader"),
+            Self::Shutdown => (1001, "server shutting down"),
+        }
+    }
+}
+
 /// The open sockets of this host, by connection id.
 pub struct Sockets {
     open: Mutex<HashMap<String, SocketHandle>>,
+    /// Upgrades under way plus open sockets: what `max_connections` bounds.
+    /// Taken before the CONNECT decision, so a burst cannot overshoot.
+    slots: AtomicUsize,
+    /// Signalled whenever a slot is released (shutdown waits on it).
+    released: Notify,
+    /// Set by [`Sockets::close_all`]: no new sockets, and one that opens
+    /// anyway (its upgrade was under way) is closed at once.
+    shutting_down: AtomicBool,
     limits: SocketLimits,
-    /// Signalled whenever a socket is removed (shutdown waits on it).
-    removed: Notify,
 }
 
 #[derive(Clone)]
 struct SocketHandle {
-    queue: mpsc::Sender<Vec<u8>>,
-    close: Arc<Notify>,
+    queue: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes in `queue` (plus the overhead per message); bounded by
+    /// `send_queue_bytes` at the sending side.
+    queued_bytes: Arc<AtomicUsize>,
+    /// Set once, when the server ends the socket.
+    close: Arc<watch::Sender<Option<ServerClose>>>,
+}
+
+/// One of `max_connections`, held from before the CONNECT decision until the
+/// socket's DISCONNECT has run; released when dropped.
+pub struct Slot(Arc<Sockets>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.slots.fetch_sub(1, Ordering::AcqRel);
+        self.0.released.notify_waiters();
+    }
 }
 
 impl Sockets {
-    pub fn new(limits: SocketLimits) -> Arc<Self> {
+    pub fn new(mut limits: SocketLimits) -> Arc<Self> {
+        // A zero period would panic in `interval_at`.
+        limits.ping_interval = limits.ping_interval.max(Duration::from_millis(1));
         Arc::new(Self {
             open: Mutex::new(HashMap::new()),
+            slots: AtomicUsize::new(0),
+            released: Notify::new(),
+            shutting_down: AtomicBool::new(false),
             limits,
-            removed: Notify::new(),
         })
     }
 
@@ -88,6 +140,7 @@ impl Sockets {
         &self.limits
     }
 
+    /// Open sockets.
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -96,14 +149,45 @@ impl Sockets {
         self.len() == 0
     }
 
+    /// A slot for one more socket, or `None` at `max_connections` or during
+    /// shutdown.
+    pub fn reserve(self: &Arc<Self>) -> Option<Slot> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                (taken < self.limits.max_connections).then_some(taken + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SocketHandle>> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn remove(&self, connection_id: &str) -> Option<SocketHandle> {
-        let handle = self.lock().remove(connection_id);
-        self.removed.notify_waiters();
-        handle
+        self.lock().remove(connection_id)
+    }
+
+    /// Registers an upgraded socket; during shutdown it is ended at once.
+    fn insert(&self, connection_id: &str, handle: SocketHandle) {
+        self.lock().insert(connection_id.to_owned(), handle.clone());
+        // After the insert: `close_all` sets the flag before it takes the
+        // lock, so it either saw this socket or this sees the flag.
+        if self.shutting_down.load(Ordering::SeqCst) {
+            Self::end(&handle, ServerClose::Shutdown);
+        }
+    }
+
+    /// Ends a socket with `why` (if the server has not already ended it).
+    fn end(handle: &SocketHandle, why: ServerClose) {
+        handle.close.send_if_modified(|close| {
+            let first = close.is_none();
+            close.get_or_insert(why);
+            first
+        });
     }
 
     /// Queues a message for a socket: `Gone` when there is no such socket or
@@ -119,43 +203,53 @@ impl Sockets {
         let Some(handle) = self.lock().get(connection_id).cloned() else {
             return Err(SendError::Gone);
         };
-        match handle.queue.try_send(message.to_vec()) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(connection_id, "send queue full: a slow reader; closing it");
-                self.remove(connection_id);
-                handle.close.notify_one();
-                Err(SendError::Gone)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Gone),
+        let cost = message.len() + QUEUED_MESSAGE_OVERHEAD;
+        let queued = handle.queued_bytes.fetch_add(cost, Ordering::AcqRel) + cost;
+        if queued > self.limits.send_queue_bytes {
+            handle.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
+            tracing::warn!(
+                connection_id,
+                queued,
+                "send queue full: a slow reader; closing it"
+            );
+            self.remove(connection_id);
+            Self::end(&handle, ServerClose::SlowReader);
+            return Err(SendError::Gone);
         }
+        if handle.queue.send(message.to_vec()).is_err() {
+            handle.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
+            return Err(SendError::Gone);
+        }
+        Ok(())
     }
 
     /// Closes a socket (`DELETE /@connections/{id}`); false when unknown.
     pub fn close(&self, connection_id: &str) -> bool {
         match self.remove(connection_id) {
             Some(handle) => {
-                handle.close.notify_one();
+                Self::end(&handle, ServerClose::Deleted);
                 true
             }
             None => false,
         }
     }
 
-    /// Closes every socket and waits (at most `within`) until their
-    /// DISCONNECTs have run: for a graceful shutdown.
+    /// Closes every socket, refuses new ones, and waits (at most `within`)
+    /// until every socket's DISCONNECT has run: for a graceful shutdown.
     pub async fn close_all(&self, within: Duration) {
+        self.shutting_down.store(true, Ordering::SeqCst);
         let handles: Vec<SocketHandle> = self.lock().values().cloned().collect();
         for handle in &handles {
-            handle.close.notify_one();
+            Self::end(handle, ServerClose::Shutdown);
         }
+        drop(handles);
         let _ = tokio::time::timeout(within, async {
             loop {
-                let removed = self.removed.notified();
-                if self.is_empty() {
+                let released = self.released.notified();
+                if self.slots.load(Ordering::Acquire) == 0 {
                     return;
                 }
-                removed.await;
+                released.await;
             }
         })
         .await;
@@ -199,9 +293,9 @@ pub async fn upgrade(
     headers: &HeaderMap,
     query_token: Option<String>,
 ) -> Response {
-    if sockets.len() >= sockets.limits.max_connections {
+    let Some(slot) = sockets.reserve() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "Too many connections.").into_response();
-    }
+    };
     let (token, bearer) = upgrade_token(headers, query_token);
     let connection_id = new_connection_id();
     let reply = handler
@@ -217,19 +311,19 @@ pub async fn upgrade(
     } else {
         upgrade
     };
-    let limits = sockets.limits.clone();
     let failed = (handler.clone(), connection_id.clone());
     upgrade
-        .max_message_size(limits.max_message_bytes)
+        .max_message_size(sockets.limits.max_message_bytes)
         .on_failed_upgrade(move |error| {
-            // The records were stored; the socket never opened.
+            // The records were stored; the socket never opened. (The slot
+            // goes with the dropped `on_upgrade` callback.)
             let (handler, connection_id) = failed;
             tracing::warn!(connection_id, %error, "upgrade failed after CONNECT; disconnecting");
             tokio::spawn(async move {
                 handler.disconnect(&new_request_id(), &connection_id).await;
             });
         })
-        .on_upgrade(move |socket| serve_socket(socket, connection_id, handler, sockets))
+        .on_upgrade(move |socket| serve_socket(socket, connection_id, handler, slot))
 }
 
 /// An API Gateway-like connection id: 12 random bytes, URL-safe base64.
@@ -238,20 +332,18 @@ fn new_connection_id() -> String {
     URL_SAFE_NO_PAD.encode(&uuid.as_bytes()[..12])
 }
 
-async fn serve_socket(
-    mut socket: WebSocket,
-    connection_id: String,
-    handler: Handler,
-    sockets: Arc<Sockets>,
-) {
+async fn serve_socket(mut socket: WebSocket, connection_id: String, handler: Handler, slot: Slot) {
+    let sockets = slot.0.clone();
     let limits = sockets.limits.clone();
-    let (queue, mut outgoing) = mpsc::channel(limits.send_queue.max(1));
-    let close = Arc::new(Notify::new());
-    sockets.lock().insert(
-        connection_id.clone(),
+    let (queue, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let (close, mut closed) = watch::channel(None);
+    sockets.insert(
+        &connection_id,
         SocketHandle {
             queue,
-            close: close.clone(),
+            queued_bytes: queued_bytes.clone(),
+            close: Arc::new(close),
         },
     );
     tracing::debug!(connection_id, "socket open");
@@ -264,6 +356,14 @@ async fn serve_socket(
     let reason = loop {
         let deadline = (last_data + limits.idle_timeout).min(opened + limits.max_age);
         tokio::select! {
+            // First, so that a socket the server has ended sends nothing more.
+            biased;
+            _ = closed.changed() => {
+                let why = closed.borrow().unwrap_or(ServerClose::Deleted);
+                let (code, text) = why.frame();
+                close_with(&mut socket, &limits, code, text).await;
+                break text;
+            }
             incoming = socket.recv() => match incoming {
                 None | Some(Err(_)) => break "connection lost",
                 Some(Ok(Message::Close(_))) => break "closed by the client",
@@ -273,26 +373,21 @@ async fn serve_socket(
                 // it counts as activity.
                 Some(Ok(_)) => last_data = Instant::now(),
             },
-            message = outgoing.recv() => {
-                // No sender left: the server removed this socket (DELETE, a
-                // slow reader, shutdown), racing the `close` signal below.
-                let Some(message) = message else {
-                    close_with(&mut socket, &limits, 1000, "closed by the server").await;
-                    break "closed by the server";
-                };
+            // The sending side keeps a handle until the socket is removed,
+            // and removal always sets `closed` first.
+            Some(message) = outgoing.recv() => {
+                let cost = message.len() + QUEUED_MESSAGE_OVERHEAD;
                 let frame = match String::from_utf8(message) {
                     Ok(text) => Message::Text(text.into()),
                     Err(bytes) => Message::Binary(bytes.into_bytes().into()),
                 };
-                match tokio::time::timeout(limits.send_timeout, socket.send(frame)).await {
+                let sent = tokio::time::timeout(limits.send_timeout, socket.send(frame)).await;
+                queued_bytes.fetch_sub(cost, Ordering::AcqRel);
+                match sent {
                     Ok(Ok(())) => last_data = Instant::now(),
                     Ok(Err(_)) => break "connection lost",
                     Err(_) => break "send timed out (slow reader)",
                 }
-            }
-            () = close.notified() => {
-                close_with(&mut socket, &limits, 1000, "closed by the server").await;
-                break "closed by the server";
             }
             _ = ping.tick() => {
                 if awaiting_pong {
@@ -319,6 +414,8 @@ async fn serve_socket(
         status = reply.status,
         "socket closed"
     );
+    // The slot goes last: shutdown waits for it, so the DISCONNECT has run.
+    drop(slot);
 }
 
 /// The closing handshake: our close frame, then the client's (briefly), so

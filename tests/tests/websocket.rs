@@ -9,12 +9,11 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use gitgazer_ws_tests::{
     binary_path, create_table, dynalite_endpoint, dynamodb_env, unique_table, unix_now,
 };
-use support::{Fixture, client, keys, scan};
+use support::{Fixture, client, keys, put_record, scan, wait_for_table};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -98,26 +97,6 @@ fn deliver(
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("one line of JSON")
-}
-
-/// Waits until the table holds exactly `expected` keys.
-async fn wait_for_table(endpoint: &str, table: &str, expected: &BTreeSet<(String, String)>) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = keys(&scan(endpoint, table).await);
-        if &now == expected {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "table: {} records, expected {}; extra {:?}, missing {:?}",
-            now.len(),
-            expected.len(),
-            now.difference(expected).take(5).collect::<Vec<_>>(),
-            expected.difference(&now).take(5).collect::<Vec<_>>(),
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,43 +278,18 @@ async fn a_thousand_clients_of_ten_integrations() {
     let vanished: Vec<String> = (0..5).map(|n| format!("vanished-{n}")).collect();
     for id in &vanished {
         for integration in ["integration-3", "integration-4"] {
-            dynamo
-                .put_item()
-                .table_name(&table)
-                .item("integrationId", AttributeValue::S(integration.into()))
-                .item("connectionId", AttributeValue::S(id.clone()))
-                .item("sub", AttributeValue::S("ghost".into()))
-                .item(
-                    "connectedAt",
-                    AttributeValue::S("2026-11-27T00:00:00Z".into()),
-                )
-                .item(
-                    "expiresAt",
-                    AttributeValue::N((unix_now() + 3600).to_string()),
-                )
-                .send()
-                .await
-                .unwrap();
+            put_record(&dynamo, &table, integration, id, unix_now() + 3600).await;
         }
     }
     // And one long expired (TTL lags): skipped and deleted.
-    dynamo
-        .put_item()
-        .table_name(&table)
-        .item("integrationId", AttributeValue::S("integration-3".into()))
-        .item("connectionId", AttributeValue::S("expired-0".into()))
-        .item("sub", AttributeValue::S("ghost".into()))
-        .item(
-            "connectedAt",
-            AttributeValue::S("2026-11-27T00:00:00Z".into()),
-        )
-        .item(
-            "expiresAt",
-            AttributeValue::N((unix_now() - 60).to_string()),
-        )
-        .send()
-        .await
-        .unwrap();
+    put_record(
+        &dynamo,
+        &table,
+        "integration-3",
+        "expired-0",
+        unix_now() - 60,
+    )
+    .await;
 
     let report = deliver(
         &fixture,
@@ -403,4 +357,274 @@ async fn a_thousand_clients_of_ten_integrations() {
     // Everyone else closes properly: the table ends empty.
     futures_util::future::join_all(sockets.iter_mut().map(|(_, socket)| socket.close(None))).await;
     wait_for_table(&endpoint, &table, &BTreeSet::new()).await;
+}
+
+/// The close frame a socket receives within `wait` (pings and pongs
+/// skipped), with the time it came.
+async fn close_frame(socket: &mut Socket, wait: Duration) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Err(_) => panic!("no close frame within {wait:?}"),
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                return (u16::from(frame.code), frame.reason.to_string());
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// The connection ids stored for `integration`.
+async fn connections_of(endpoint: &str, table: &str, integration: &str) -> Vec<String> {
+    keys(&scan(endpoint, table).await)
+        .into_iter()
+        .filter(|(i, _)| i == integration)
+        .map(|(_, c)| c)
+        .collect()
+}
+
+/// 10 minutes idle and 2 hours of age, shortened: a quiet socket is closed
+/// as idle, a chatty one (data resets the idle clock) at its maximum age;
+/// both close frames say why, and their records go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_aged_sockets_are_closed_and_disconnected() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-idle");
+    create_table(&endpoint, &table);
+    let fixture = Fixture::start(
+        &endpoint,
+        &table,
+        &[("WS_IDLE_TIMEOUT", "1s"), ("WS_MAX_AGE", "3s")],
+    );
+    let token = fixture.token("carol", &["acme"]).await;
+    // Before the upgrades: the server's clocks start later.
+    let opened = tokio::time::Instant::now();
+    let mut quiet = open_with_query(&fixture, &token).await;
+    let mut chatty = open_with_query(&fixture, &token).await;
+    assert_eq!(scan(&endpoint, &table).await.len(), 2);
+
+    let quiet_closed = async {
+        let frame = close_frame(&mut quiet, Duration::from_secs(10)).await;
+        (frame, opened.elapsed())
+    };
+    let chatty_closed = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => chatty.send(Message::text("still here")).await.expect("send"),
+                incoming = chatty.next() => match incoming {
+                    Some(Ok(Message::Close(Some(frame)))) => {
+                        return ((u16::from(frame.code), frame.reason.to_string()), opened.elapsed());
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    other => panic!("expected a close frame, got {other:?}"),
+                },
+                () = tokio::time::sleep(Duration::from_secs(15)) => panic!("no close frame within 15 s"),
+            }
+        }
+    };
+    let ((quiet_frame, quiet_after), (chatty_frame, chatty_after)) =
+        futures_util::future::join(quiet_closed, chatty_closed).await;
+    assert_eq!(quiet_frame, (1001, "idle".to_owned()));
+    assert!(
+        quiet_after >= Duration::from_secs(1),
+        "closed early: {quiet_after:?}"
+    );
+    assert_eq!(chatty_frame, (1001, "maximum age".to_owned()));
+    assert!(
+        chatty_after >= Duration::from_secs(3),
+        "closed early: {chatty_after:?}"
+    );
+    wait_for_table(&endpoint, &table, &BTreeSet::new()).await;
+}
+
+/// A ping every 500 ms: a client that answers (tungstenite pongs while it
+/// reads) stays; one that never reads misses its pong and is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_misses_a_pong_is_dropped() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-ping");
+    create_table(&endpoint, &table);
+    let fixture = Fixture::start(&endpoint, &table, &[("WS_PING_INTERVAL", "500ms")]);
+    let live_token = fixture.token("dave", &["live"]).await;
+    let mute_token = fixture.token("erin", &["mute"]).await;
+    let mut live = open_with_query(&fixture, &live_token).await;
+    let _mute = open_with_query(&fixture, &mute_token).await;
+    let live_id = connections_of(&endpoint, &table, "live").await;
+    assert_eq!(live_id.len(), 1);
+    assert_eq!(connections_of(&endpoint, &table, "mute").await.len(), 1);
+
+    // The live client reads (and so answers pings) all along; after 3 s
+    // (6 pings) only the mute client's record has gone.
+    let pings = std::sync::atomic::AtomicUsize::new(0);
+    let reading = async {
+        loop {
+            match live.next().await {
+                Some(Ok(Message::Ping(_))) => {
+                    pings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                other => panic!("the live client got {other:?}"),
+            }
+        }
+    };
+    let expected = BTreeSet::from([("live".to_owned(), live_id[0].clone())]);
+    let checking = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        wait_for_table(&endpoint, &table, &expected).await;
+    };
+    tokio::select! {
+        () = reading => unreachable!(),
+        () = checking => {}
+    }
+    let pings = pings.into_inner();
+    assert!(pings >= 4, "{pings} pings in 3 s");
+
+    live.close(None).await.unwrap();
+    wait_for_table(&endpoint, &table, &BTreeSet::new()).await;
+}
+
+/// A reader that never reads: posts to it fill the TCP buffers, then its
+/// send queue (256 KiB), and it is disconnected (410 from then on, records
+/// gone) long before the posts add up; a reading client on the same host
+/// keeps receiving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_disconnected_and_memory_stays_bounded() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-slow");
+    create_table(&endpoint, &table);
+    let fixture = Fixture::start(&endpoint, &table, &[("WS_SEND_QUEUE_BYTES", "262144")]);
+    let slow_token = fixture.token("frank", &["slow"]).await;
+    let fast_token = fixture.token("grace", &["fast"]).await;
+    let _slow = open_with_query(&fixture, &slow_token).await;
+    let mut fast = open_with_query(&fixture, &fast_token).await;
+    let slow_id = connections_of(&endpoint, &table, "slow").await.remove(0);
+    let fast_id = connections_of(&endpoint, &table, "fast").await.remove(0);
+
+    const MESSAGE_BYTES: usize = 64 * 1024;
+    const MAX_POSTS: usize = 2000; // 125 MiB: far beyond any TCP buffering
+    let message = "x".repeat(MESSAGE_BYTES);
+    let client = reqwest::Client::new();
+    let mut accepted = 0;
+    loop {
+        let response = client
+            .post(fixture.server.url(&format!("/@connections/{slow_id}")))
+            .body(message.clone())
+            .send()
+            .await
+            .expect("post");
+        match response.status().as_u16() {
+            200 => accepted += 1,
+            410 => break,
+            other => panic!("POST answered {other}"),
+        }
+        assert!(
+            accepted < MAX_POSTS,
+            "{accepted} posts and the slow reader is still open"
+        );
+    }
+    println!(
+        "slow reader disconnected after {accepted} messages ({} KiB)",
+        accepted * MESSAGE_BYTES / 1024
+    );
+    let (status, body) = post(&fixture, &format!("/@connections/{slow_id}"), "again").await;
+    assert_eq!((status, body.as_str()), (410, "{\"message\":\"Gone\"}"));
+    let expected = BTreeSet::from([("fast".to_owned(), fast_id.clone())]);
+    wait_for_table(&endpoint, &table, &expected).await;
+
+    let (status, _) = post(&fixture, &format!("/@connections/{fast_id}"), "for you").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        next_text(&mut fast, Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some("for you")
+    );
+    let peak_kib = fixture.server.peak_rss_kib();
+    assert!(
+        peak_kib < 128 * 1024,
+        "host peak RSS {} MiB",
+        peak_kib / 1024
+    );
+}
+
+/// SIGTERM with sockets open: each gets a 1001 close frame, the host waits
+/// for their DISCONNECTs and exits 0, and the table is empty when it has
+/// gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_open_sockets_and_removes_their_records() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-shutdown");
+    create_table(&endpoint, &table);
+    let mut fixture = Fixture::start(&endpoint, &table, &[]);
+    let token = fixture.token("heidi", &["acme", "globex"]).await;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        sockets.push(open_with_query(&fixture, &token).await);
+    }
+    assert_eq!(scan(&endpoint, &table).await.len(), 6);
+
+    fixture.server.terminate();
+    let frames = futures_util::future::join_all(
+        sockets
+            .iter_mut()
+            .map(|socket| close_frame(socket, Duration::from_secs(10))),
+    )
+    .await;
+    for frame in frames {
+        assert_eq!(frame, (1001, "server shutting down".to_owned()));
+    }
+    let status = fixture
+        .server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the host exits");
+    assert!(status.success(), "{status}");
+    assert_eq!(scan(&endpoint, &table).await, BTreeSet::new());
+}
+
+/// MAX_WEBSOCKETS=3 and a burst of 12 upgrades at once: exactly 3 open,
+/// the rest get 503 and store nothing; a closed socket frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_never_exceeds_max_websockets() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-max");
+    create_table(&endpoint, &table);
+    let fixture = Fixture::start(&endpoint, &table, &[("MAX_WEBSOCKETS", "3")]);
+    let token = fixture.token("ivan", &["acme"]).await;
+    let url = ws_url(&fixture, &format!("?idToken={token}"));
+    let attempts = (0..12).map(|_| tokio_tungstenite::connect_async(url.clone()));
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for attempt in futures_util::future::join_all(attempts).await {
+        match attempt {
+            Ok((socket, _)) => open.push(socket),
+            Err(WsError::Http(response)) => {
+                assert_eq!(response.status(), 503);
+                refused += 1;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!((open.len(), refused), (3, 9));
+    assert_eq!(scan(&endpoint, &table).await.len(), 3);
+
+    // One closes; its slot comes back once its DISCONNECT has run.
+    let mut first = open.remove(0);
+    first.close(None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let reopened = loop {
+        match tokio_tungstenite::connect_async(url.clone()).await {
+            Ok((socket, _)) => break socket,
+            Err(WsError::Http(response)) if response.status() == 503 => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slot never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    };
+    open.push(reopened);
+    assert_eq!(scan(&endpoint, &table).await.len(), 3);
 }

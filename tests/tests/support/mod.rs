@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use gitgazer_ws_tests::{Server, dynamodb_env};
@@ -105,4 +106,48 @@ pub fn keys(items: &BTreeSet<(String, String, String, u64)>) -> BTreeSet<(String
         .iter()
         .map(|(i, c, _, _)| (i.clone(), c.clone()))
         .collect()
+}
+
+/// Waits until the table holds exactly `expected` keys.
+pub async fn wait_for_table(endpoint: &str, table: &str, expected: &BTreeSet<(String, String)>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = keys(&scan(endpoint, table).await);
+        if &now == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "table: {} records, expected {}; extra {:?}, missing {:?}",
+            now.len(),
+            expected.len(),
+            now.difference(expected).take(5).collect::<Vec<_>>(),
+            expected.difference(&now).take(5).collect::<Vec<_>>(),
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Stores a record as a host would (for connections no socket holds).
+pub async fn put_record(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    integration: &str,
+    connection: &str,
+    expires_at: u64,
+) {
+    client
+        .put_item()
+        .table_name(table)
+        .item("integrationId", AttributeValue::S(integration.into()))
+        .item("connectionId", AttributeValue::S(connection.into()))
+        .item("sub", AttributeValue::S("ghost".into()))
+        .item(
+            "connectedAt",
+            AttributeValue::S("2026-11-27T00:00:00Z".into()),
+        )
+        .item("expiresAt", AttributeValue::N(expires_at.to_string()))
+        .send()
+        .await
+        .expect("put_item");
 }
