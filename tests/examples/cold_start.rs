@@ -9,11 +9,13 @@
 //!
 //! Prints the exact command it measures, so it can be re-run by hand.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use gitgazer_ws::dev::DevSigner;
-use gitgazer_ws_tests::{binary_path, unix_now};
+use gitgazer_ws_tests::binary_path;
 use serde_json::{Value, json};
 
 const REGION: &str = "eu-west-1";
@@ -123,20 +125,7 @@ fn main() {
 /// A key set, and a CONNECT event whose token it verifies (valid for an hour).
 fn write_fixtures(dir: &Path) {
     let signer = DevSigner::generate().unwrap();
-    let now = unix_now();
-    let token = signer.sign(&json!({
-        "sub": "cold-start-user",
-        "iss": format!("https://cognito-idp.{REGION}.amazonaws.com/{POOL}"),
-        "aud": CLIENT, "token_use": "id", "iat": now, "exp": now + 3600,
-        "cognito:groups": ["acme"],
-    }));
-    let event = json!({
-        "requestContext": {
-            "eventType": "CONNECT", "routeKey": "$connect", "connectionId": "cold=",
-            "connectedAt": 0, "requestTimeEpoch": 0,
-        },
-        "queryStringParameters": { "idToken": token },
-    });
+    let event = common::connect_event(&signer, REGION, POOL, CLIENT);
     std::fs::write(dir.join("jwks.json"), signer.jwks()).unwrap();
     std::fs::write(dir.join("connect.json"), event.to_string()).unwrap();
 }

@@ -5,6 +5,8 @@
 //!
 //!     cargo run --release -p gitgazer-ws-tests --example lambda_cold_start [-- RUNS]
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,7 +14,6 @@ use std::time::{Duration, Instant};
 use gitgazer_ws::dev::DevSigner;
 use gitgazer_ws_tests::jwks_server::{JwksMode, JwksServer};
 use gitgazer_ws_tests::lambda_emulator::{Outcome, RuntimeApiEmulator};
-use gitgazer_ws_tests::unix_now;
 use serde_json::json;
 
 #[tokio::main]
@@ -28,19 +29,7 @@ async fn main() {
     let signer = DevSigner::generate().unwrap();
     let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
     let (region, pool, client) = ("eu-west-1", "eu-west-1_Cold1", "cold-client");
-    let now = unix_now();
-    let token = signer.sign(&json!({
-        "sub": "u", "iss": format!("https://cognito-idp.{region}.amazonaws.com/{pool}"),
-        "aud": client, "token_use": "id", "iat": now, "exp": now + 3600,
-        "cognito:groups": ["acme"],
-    }));
-    let event = json!({
-        "requestContext": {
-            "eventType": "CONNECT", "routeKey": "$connect", "connectionId": "cold=",
-            "connectedAt": 0, "requestTimeEpoch": 0,
-        },
-        "queryStringParameters": { "idToken": token },
-    });
+    let event = common::connect_event(&signer, region, pool, client);
 
     let mut times = Vec::new();
     let mut peak_rss_kib = Vec::new();

@@ -26,6 +26,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, GlobalSecondaryIndex,
     KeySchemaElement, KeyType, Projection, ProjectionType, PutRequest, ScalarAttributeType,
@@ -348,6 +349,33 @@ impl DynamoDbStore {
     }
 
     /// Deletes keys in chunks; returns how many were deleted.
+    /// Every item a Query on the table matches, over all its pages
+    /// (following `LastEvaluatedKey`), each read by `read`; `query` adds the
+    /// index, the key condition and the consistency.
+    async fn query_all<T>(
+        &self,
+        query: impl Fn(QueryFluentBuilder) -> QueryFluentBuilder,
+        read: impl Fn(&HashMap<String, AttributeValue>) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut all = Vec::new();
+        let mut start = None;
+        loop {
+            let page = query(self.client.query().table_name(&self.options.table))
+                .set_limit(self.options.query_page_limit)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify("Query", e))?;
+            for item in page.items() {
+                all.push(read(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(all),
+            }
+        }
+    }
+
     async fn delete_keys(&self, keys: &[RecordKey]) -> Result<u32, StoreError> {
         let keys = unique(keys.iter().cloned(), |k| k.clone());
         let mut deleted = 0u32;
@@ -397,63 +425,34 @@ impl ConnectionStore for DynamoDbStore {
     }
 
     async fn keys_of(&self, connection_id: &str) -> Result<Vec<RecordKey>, StoreError> {
-        let mut keys = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            // No ConsistentRead: a GSI refuses it (eventually consistent).
-            let page = self
-                .client
-                .query()
-                .table_name(&self.options.table)
+        // No ConsistentRead: a GSI refuses it (eventually consistent).
+        let query = |query: QueryFluentBuilder| {
+            query
                 .index_name(&self.options.connection_id_index)
                 .key_condition_expression("#c = :c")
                 .expression_attribute_names("#c", CONNECTION_ID)
                 .expression_attribute_values(":c", AttributeValue::S(connection_id.to_owned()))
-                .set_limit(self.options.query_page_limit)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| classify("Query", e))?;
-            for item in page.items() {
-                keys.push(RecordKey {
-                    integration_id: string_attribute(item, INTEGRATION_ID)?,
-                    connection_id: string_attribute(item, CONNECTION_ID)?,
-                });
-            }
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(keys),
-            }
-        }
+        };
+        self.query_all(query, |item| {
+            Ok(RecordKey {
+                integration_id: string_attribute(item, INTEGRATION_ID)?,
+                connection_id: string_attribute(item, CONNECTION_ID)?,
+            })
+        })
+        .await
     }
 
     async fn records_of(&self, integration_id: &str) -> Result<Vec<ConnectionRecord>, StoreError> {
-        let mut records = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            // Strongly consistent: a record stored a moment ago is a reader
-            // waiting for this event.
-            let page = self
-                .client
-                .query()
-                .table_name(&self.options.table)
+        // Strongly consistent: a record stored a moment ago is a reader
+        // waiting for this event.
+        let query = |query: QueryFluentBuilder| {
+            query
                 .consistent_read(true)
                 .key_condition_expression("#i = :i")
                 .expression_attribute_names("#i", INTEGRATION_ID)
                 .expression_attribute_values(":i", AttributeValue::S(integration_id.to_owned()))
-                .set_limit(self.options.query_page_limit)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| classify("Query", e))?;
-            for item in page.items() {
-                records.push(record_from(item)?);
-            }
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(records),
-            }
-        }
+        };
+        self.query_all(query, record_from).await
     }
 
     async fn delete(&self, keys: &[RecordKey]) -> Result<u32, StoreError> {
