@@ -3,8 +3,10 @@
 //! routed request through the [`Handler`]. One code path for `POST /events`,
 //! `handle-event` and Lambda.
 
+use gitgazer_ws_event::{
+    BEARER_PROTOCOL, Route, SEC_WEBSOCKET_PROTOCOL, route, unhandled_event_type,
+};
 pub use gitgazer_ws_event::{Event, ProxyResponse, decode_event, decode_event_value};
-use gitgazer_ws_event::{Route, route, unhandled_event_type};
 
 use crate::component::Reply;
 use crate::service::{Handler, new_request_id};
@@ -14,6 +16,7 @@ impl From<Reply> for ProxyResponse {
         Self {
             status_code: reply.status,
             body: reply.body,
+            ..Self::default()
         }
     }
 }
@@ -33,10 +36,20 @@ pub async fn handle_event(
         Route::Connect {
             connection_id,
             id_token,
-        } => handler
-            .connect(&request_id, connection_id, id_token)
-            .await
-            .into(),
+            bearer,
+        } => {
+            let mut response: ProxyResponse = handler
+                .connect(&request_id, connection_id, id_token)
+                .await
+                .into();
+            if bearer && response.status_code == 200 {
+                // API Gateway passes this to the client's handshake.
+                response
+                    .headers
+                    .insert(SEC_WEBSOCKET_PROTOCOL.into(), BEARER_PROTOCOL.into());
+            }
+            response
+        }
         Route::Disconnect { connection_id } => {
             handler.disconnect(&request_id, connection_id).await.into()
         }

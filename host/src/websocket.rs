@@ -25,8 +25,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::delivery::{ConnectionSender, MAX_MESSAGE_BYTES, SendError};
 use crate::service::{Handler, new_request_id};
 
-/// The subprotocol that carries the token: `Sec-WebSocket-Protocol: bearer, <token>`.
-pub const BEARER_PROTOCOL: &str = "bearer";
+pub use gitgazer_ws_event::BEARER_PROTOCOL;
+use gitgazer_ws_event::offered_bearer_token;
 
 /// Bounds of the self-hosted endpoint.
 #[derive(Debug, Clone)]
@@ -268,19 +268,12 @@ impl ConnectionSender for Sockets {
 /// first (it keeps the token out of URLs and access logs), else the query's
 /// `idToken`. Also says whether the bearer subprotocol was offered.
 pub fn upgrade_token(headers: &HeaderMap, query_token: Option<String>) -> (Option<String>, bool) {
-    let offered: Vec<String> = headers
+    let values = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|part| part.trim().to_owned())
-        .filter(|part| !part.is_empty())
-        .collect();
-    match offered
-        .iter()
-        .position(|p| p.eq_ignore_ascii_case(BEARER_PROTOCOL))
-    {
-        Some(at) => (offered.get(at + 1).cloned(), true),
+        .filter_map(|value| value.to_str().ok());
+    match offered_bearer_token(values) {
+        Some(token) => (token.map(str::to_owned), true),
         None => (query_token, false),
     }
 }

@@ -40,6 +40,16 @@ fn connect_event(token: Option<&str>, connection_id: &str) -> Value {
     event
 }
 
+/// The CONNECT fixture with the token in `Sec-WebSocket-Protocol: bearer, <token>`
+/// (in both header maps, as API Gateway sends them) and a query token too.
+fn bearer_connect_event(token: &str, query_token: &str, connection_id: &str) -> Value {
+    let mut event = connect_event(Some(query_token), connection_id);
+    let offered = format!("bearer, {token}");
+    event["headers"]["Sec-WebSocket-Protocol"] = json!(offered);
+    event["multiValueHeaders"]["Sec-WebSocket-Protocol"] = json!([offered]);
+    event
+}
+
 fn disconnect_event(connection_id: &str) -> Value {
     let mut event = fixture("disconnect.json");
     event["requestContext"]["connectionId"] = json!(connection_id);
@@ -121,6 +131,26 @@ async fn real_events_through_the_handler_function() {
         proxy(200, "Disconnected. Removed 2 records.")
     );
     assert!(store.snapshot().is_empty());
+
+    // The token as a subprotocol (it wins over the query's): a 200 selects
+    // `bearer`, which API Gateway passes to the handshake; a refusal does not.
+    assert_eq!(
+        invoke(bearer_connect_event(&token, "not-a-token", "bearer=")).await,
+        json!({
+            "statusCode": 200,
+            "body": "Connected.",
+            "headers": { "Sec-WebSocket-Protocol": "bearer" },
+        })
+    );
+    assert_eq!(store.snapshot().len(), 2);
+    assert_eq!(
+        invoke(bearer_connect_event("not-a-token", &token, "refused=")).await,
+        proxy(401, "Unauthorized: Invalid authentication token")
+    );
+    assert_eq!(store.snapshot().len(), 2);
+    invoke(disconnect_event("bearer=")).await;
+    assert!(store.snapshot().is_empty());
+
     for malformed in [
         json!([1, 2, 3]),
         json!({ "requestContext": 5 }),

@@ -6,20 +6,33 @@
 //! sees anything, so it is its own crate: the fuzz target links it without
 //! compiling wasmtime or the AWS SDK.
 
+use std::collections::BTreeMap;
+
 pub use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest as Event;
 use serde::{Deserialize, Serialize};
+
+/// The subprotocol that carries the token: `Sec-WebSocket-Protocol: bearer, <token>`.
+/// A browser cannot set headers on a WebSocket, but it can offer
+/// subprotocols; this keeps the token out of URLs and access logs.
+pub const BEARER_PROTOCOL: &str = "bearer";
+
+/// The header that offers (request) and selects (response) subprotocols.
+pub const SEC_WEBSOCKET_PROTOCOL: &str = "Sec-WebSocket-Protocol";
 
 /// Longest run of non-space text an error message may echo from the input.
 /// serde quotes offending values; a long one may be a token, which must never
 /// be echoed to a client or logged.
 pub const MAX_ECHOED_RUN: usize = 40;
 
-/// The Lambda proxy response (`{"statusCode":200,"body":"Connected."}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The Lambda proxy response (`{"statusCode":200,"body":"Connected."}`);
+/// `headers` only when there are some (a CONNECT that selects `bearer`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyResponse {
     pub status_code: u16,
     pub body: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// Decodes an event from JSON bytes; a bad event is a 400 with the reason.
@@ -36,6 +49,7 @@ fn invalid_event(error: serde_json::Error) -> ProxyResponse {
     ProxyResponse {
         status_code: 400,
         body: format!("Invalid event: {}", mask_long_runs(&error.to_string())),
+        ..ProxyResponse::default()
     }
 }
 
@@ -70,8 +84,13 @@ pub enum Route<'a> {
     Connect {
         /// `""` when the event has none; the guest refuses it (400).
         connection_id: &'a str,
-        /// The `idToken` query parameter, if present.
+        /// The token after `bearer` in `Sec-WebSocket-Protocol` when the
+        /// client offered that subprotocol, else the `idToken` query
+        /// parameter, if present.
         id_token: Option<&'a str>,
+        /// The client offered `bearer`: a 200 must select it (browsers
+        /// fail a connection whose offered subprotocols are all ignored).
+        bearer: bool,
     },
     /// `$disconnect`: delete the connection's records.
     Disconnect { connection_id: &'a str },
@@ -84,10 +103,31 @@ pub fn route(event: &Event) -> Route<'_> {
     let context = &event.request_context;
     let connection_id = context.connection_id.as_deref().unwrap_or_default();
     match context.event_type.as_deref() {
-        Some("CONNECT") => Route::Connect {
-            connection_id,
-            id_token: event.query_string_parameters.first("idToken"),
-        },
+        Some("CONNECT") => {
+            // API Gateway passes the header in `headers` and in
+            // `multiValueHeaders`; either will do.
+            let offered = if event.headers.contains_key(SEC_WEBSOCKET_PROTOCOL) {
+                &event.headers
+            } else {
+                &event.multi_value_headers
+            };
+            let values = offered
+                .get_all(SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .filter_map(|value| value.to_str().ok());
+            match offered_bearer_token(values) {
+                Some(id_token) => Route::Connect {
+                    connection_id,
+                    id_token,
+                    bearer: true,
+                },
+                None => Route::Connect {
+                    connection_id,
+                    id_token: event.query_string_parameters.first("idToken"),
+                    bearer: false,
+                },
+            }
+        }
         Some("DISCONNECT") => Route::Disconnect { connection_id },
         other => Route::Unhandled {
             event_type: other.unwrap_or("(none)"),
@@ -95,11 +135,27 @@ pub fn route(event: &Event) -> Route<'_> {
     }
 }
 
+/// The token offered as `bearer, <token>` among `Sec-WebSocket-Protocol`
+/// header values (comma-separated, any number of headers): `None` when
+/// `bearer` is not offered, `Some(None)` when nothing follows it.
+pub fn offered_bearer_token<'a>(
+    header_values: impl IntoIterator<Item = &'a str>,
+) -> Option<Option<&'a str>> {
+    let mut offered = header_values
+        .into_iter()
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|protocol| !protocol.is_empty());
+    offered.find(|protocol| protocol.eq_ignore_ascii_case(BEARER_PROTOCOL))?;
+    Some(offered.next())
+}
+
 /// The 400 answer to an event type the handler does not serve.
 pub fn unhandled_event_type(event_type: &str) -> ProxyResponse {
     ProxyResponse {
         status_code: 400,
         body: format!("Invalid event type: {}", mask_long_runs(event_type)),
+        ..ProxyResponse::default()
     }
 }
 
@@ -143,8 +199,48 @@ mod tests {
             route(&event),
             Route::Connect {
                 connection_id: "c1",
-                id_token: Some("t")
+                id_token: Some("t"),
+                bearer: false,
             }
         );
+    }
+
+    #[test]
+    fn a_bearer_subprotocol_wins_over_the_query_in_either_header_map() {
+        for headers in [
+            r#""headers":{"Sec-WebSocket-Protocol":"bearer, from-header"}"#,
+            r#""multiValueHeaders":{"sec-websocket-protocol":["bearer, from-header"]}"#,
+        ] {
+            let event = decode_event(
+                format!(
+                    r#"{{"requestContext":{{"eventType":"CONNECT","connectionId":"c1","connectedAt":1,"requestTimeEpoch":1}},
+                        "queryStringParameters":{{"idToken":"from-query"}},{headers}}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(
+                route(&event),
+                Route::Connect {
+                    connection_id: "c1",
+                    id_token: Some("from-header"),
+                    bearer: true,
+                },
+                "{headers}"
+            );
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_from_comma_separated_offers() {
+        assert_eq!(offered_bearer_token(["bearer, t1"]), Some(Some("t1")));
+        assert_eq!(
+            offered_bearer_token(["chat", "Bearer,t2 , x"]),
+            Some(Some("t2"))
+        );
+        assert_eq!(offered_bearer_token(["bearer"]), Some(None));
+        assert_eq!(offered_bearer_token(["bearer, "]), Some(None));
+        assert_eq!(offered_bearer_token(["chat, t3"]), None);
+        assert_eq!(offered_bearer_token([]), None);
     }
 }
