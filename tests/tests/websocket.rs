@@ -85,6 +85,8 @@ fn deliver(
     let output = std::process::Command::new(binary_path())
         .envs(dynamodb_env(endpoint, table))
         .env("WEBSOCKET_API_ENDPOINT", &fixture.server.base_url)
+        // Small Query pages: delivery must follow LastEvaluatedKey.
+        .env("DYNAMODB_QUERY_PAGE_LIMIT", "7")
         .args(["deliver", "--integration", integration, "--message"])
         .arg(&file)
         .output()
@@ -239,7 +241,8 @@ async fn a_thousand_clients_of_ten_integrations() {
     let endpoint = dynalite_endpoint();
     let table = unique_table("ws-thousand");
     create_table(&endpoint, &table);
-    let fixture = Fixture::start(&endpoint, &table, &[]);
+    // Small Query pages for the DISCONNECTs' GSI queries too.
+    let fixture = Fixture::start(&endpoint, &table, &[("DYNAMODB_QUERY_PAGE_LIMIT", "7")]);
     let mut tokens = Vec::new();
     for i in 0..INTEGRATIONS {
         tokens.push(
