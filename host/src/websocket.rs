@@ -149,18 +149,18 @@ impl Sockets {
         self.len() == 0
     }
 
-    /// A slot for one more socket, or `None` at `max_connections` or during
-    /// shutdown.
-    pub fn reserve(self: &Arc<Self>) -> Option<Slot> {
+    /// A slot for one more socket; refused at `max_connections` or during
+    /// shutdown (both 503).
+    pub fn reserve(self: &Arc<Self>) -> Result<Slot, &'static str> {
         if self.shutting_down.load(Ordering::SeqCst) {
-            return None;
+            return Err("Shutting down.");
         }
         self.slots
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
                 (taken < self.limits.max_connections).then_some(taken + 1)
             })
-            .ok()
             .map(|_| Slot(self.clone()))
+            .map_err(|_| "Too many connections.")
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SocketHandle>> {
@@ -286,8 +286,9 @@ pub async fn upgrade(
     headers: &HeaderMap,
     query_token: Option<String>,
 ) -> Response {
-    let Some(slot) = sockets.reserve() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "Too many connections.").into_response();
+    let slot = match sockets.reserve() {
+        Ok(slot) => slot,
+        Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     };
     let (token, bearer) = upgrade_token(headers, query_token);
     let connection_id = new_connection_id();
@@ -437,3 +438,64 @@ async fn close_with(socket: &mut WebSocket, limits: &SocketLimits, code: u16, re
 
 /// How long a server-initiated close waits for the client's close frame.
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_connections: usize) -> SocketLimits {
+        SocketLimits {
+            max_connections,
+            ..SocketLimits::default()
+        }
+    }
+
+    #[test]
+    fn slots_are_bounded_and_come_back_when_dropped() {
+        let sockets = Sockets::new(limits(2));
+        let first = sockets.reserve().unwrap();
+        let _second = sockets.reserve().unwrap();
+        assert_eq!(sockets.reserve().err(), Some("Too many connections."));
+        drop(first);
+        assert!(sockets.reserve().is_ok());
+    }
+
+    #[tokio::test]
+    async fn after_close_all_no_slot_is_given() {
+        let sockets = Sockets::new(limits(10));
+        sockets.close_all(Duration::from_secs(1)).await;
+        assert_eq!(sockets.reserve().err(), Some("Shutting down."));
+    }
+
+    #[test]
+    fn the_send_queue_is_bounded_in_bytes_and_a_slow_reader_is_gone() {
+        let sockets = Sockets::new(SocketLimits {
+            send_queue_bytes: 3 * (1000 + QUEUED_MESSAGE_OVERHEAD),
+            ..SocketLimits::default()
+        });
+        let (queue, mut outgoing) = mpsc::unbounded_channel();
+        let (close, closed) = watch::channel(None);
+        sockets.insert(
+            "c1",
+            SocketHandle {
+                queue,
+                queued_bytes: Arc::new(AtomicUsize::new(0)),
+                close: Arc::new(close),
+            },
+        );
+        let message = vec![b'x'; 1000];
+        for _ in 0..3 {
+            sockets.send("c1", &message).unwrap();
+        }
+        assert!(matches!(sockets.send("c1", &message), Err(SendError::Gone)));
+        assert_eq!(*closed.borrow(), Some(ServerClose::SlowReader));
+        assert!(sockets.is_empty());
+        assert!(matches!(sockets.send("c1", b"x"), Err(SendError::Gone)));
+        // What was queued before stays queued; nothing after.
+        let mut queued = 0;
+        while outgoing.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, 3);
+    }
+}

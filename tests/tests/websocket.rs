@@ -603,6 +603,10 @@ async fn a_burst_never_exceeds_max_websockets() {
             Ok((socket, _)) => open.push(socket),
             Err(WsError::Http(response)) => {
                 assert_eq!(response.status(), 503);
+                assert_eq!(
+                    response.body().as_deref(),
+                    Some(&b"Too many connections."[..])
+                );
                 refused += 1;
             }
             Err(other) => panic!("{other}"),
