@@ -194,12 +194,16 @@ pub struct ServeArgs {
 const SMALLEST_SEND_QUEUE: u64 =
     (crate::delivery::MAX_MESSAGE_BYTES + crate::websocket::QUEUED_MESSAGE_OVERHEAD) as u64;
 
-/// A duration such as `500ms`, `30s`, `10m` or `2h`; zero is refused.
+/// A duration such as `500ms`, `30s`, `10m` or `2h`: more than zero, at
+/// most 366 days.
 fn positive_duration(text: &str) -> Result<Duration, String> {
     let duration =
         humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 30s, 10m, 2h)"))?;
     if duration.is_zero() {
         return Err("must be more than zero".into());
+    }
+    if duration > crate::websocket::LONGEST_SOCKET_LIMIT {
+        return Err("must be at most 366 days".into());
     }
     Ok(duration)
 }
@@ -476,6 +480,7 @@ mod tests {
         for (flag, value, says) in [
             ("--ws-ping-interval", "0s", "more than zero"),
             ("--ws-max-age", "soon", "e.g. 30s"),
+            ("--ws-max-age", "500000000y", "at most 366 days"),
             ("--ws-send-queue-bytes", "1000", "131136"),
         ] {
             let err = serve(&[flag, value]).unwrap_err().to_string();

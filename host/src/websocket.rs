@@ -63,6 +63,9 @@ impl Default for SocketLimits {
     }
 }
 
+/// The longest idle timeout, age or ping interval a socket can have.
+pub const LONGEST_SOCKET_LIMIT: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// What a queued message costs beyond its bytes (the buffer and the queue's
 /// slot), so that a flood of tiny messages is bounded too.
 pub const QUEUED_MESSAGE_OVERHEAD: usize = 64;
@@ -125,8 +128,16 @@ impl Drop for Slot {
 
 impl Sockets {
     pub fn new(mut limits: SocketLimits) -> Arc<Self> {
-        // A zero period would panic in `interval_at`.
-        limits.ping_interval = limits.ping_interval.max(Duration::from_millis(1));
+        // A zero period would panic in `interval_at`, and an instant past
+        // the clock's range in `Instant + Duration`.
+        for duration in [
+            &mut limits.idle_timeout,
+            &mut limits.max_age,
+            &mut limits.ping_interval,
+            &mut limits.send_timeout,
+        ] {
+            *duration = (*duration).clamp(Duration::from_millis(1), LONGEST_SOCKET_LIMIT);
+        }
         Arc::new(Self {
             open: Mutex::new(HashMap::new()),
             slots: AtomicUsize::new(0),
