@@ -150,7 +150,7 @@ async fn deliver_event(
         state.handler.store(),
         state.sender.clone(),
         &integration_id,
-        Arc::from(&body[..]),
+        body,
         unix_now(),
         &DeliveryOptions::default(),
     )

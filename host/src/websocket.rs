@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -107,7 +108,7 @@ pub struct Sockets {
 
 #[derive(Clone)]
 struct SocketHandle {
-    queue: mpsc::UnboundedSender<Vec<u8>>,
+    queue: mpsc::UnboundedSender<Bytes>,
     /// Bytes in `queue` (plus the overhead per message); bounded by
     /// `send_queue_bytes` at the sending side.
     queued_bytes: Arc<AtomicUsize>,
@@ -203,7 +204,7 @@ impl Sockets {
 
     /// Queues a message for a socket: `Gone` when there is no such socket or
     /// its reader is too slow (then it is closed).
-    pub fn send(&self, connection_id: &str, message: &[u8]) -> Result<(), SendError> {
+    pub fn send(&self, connection_id: &str, message: &Bytes) -> Result<(), SendError> {
         if message.len() > self.limits.max_message_bytes {
             return Err(SendError::Failed(format!(
                 "message of {} bytes; the limit is {}",
@@ -227,7 +228,7 @@ impl Sockets {
             Self::end(&handle, ServerClose::SlowReader);
             return Err(SendError::Gone);
         }
-        if handle.queue.send(message.to_vec()).is_err() {
+        if handle.queue.send(message.clone()).is_err() {
             handle.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
             return Err(SendError::Gone);
         }
@@ -270,7 +271,7 @@ impl Sockets {
 /// Posting through [`Sockets`]: the host delivers to its own sockets.
 #[async_trait::async_trait]
 impl ConnectionSender for Sockets {
-    async fn post(&self, connection_id: &str, message: &[u8]) -> Result<(), SendError> {
+    async fn post(&self, connection_id: &str, message: &Bytes) -> Result<(), SendError> {
         self.send(connection_id, message)
     }
 }
@@ -340,7 +341,7 @@ fn new_connection_id() -> String {
 async fn serve_socket(mut socket: WebSocket, connection_id: String, handler: Handler, slot: Slot) {
     let sockets = slot.0.clone();
     let limits = sockets.limits.clone();
-    let (queue, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (queue, mut outgoing) = mpsc::unbounded_channel::<Bytes>();
     let queued_bytes = Arc::new(AtomicUsize::new(0));
     let (close, mut closed) = watch::channel(None);
     sockets.insert(
@@ -382,9 +383,10 @@ async fn serve_socket(mut socket: WebSocket, connection_id: String, handler: Han
             // and removal always sets `closed` first.
             Some(message) = outgoing.recv() => {
                 let cost = message.len() + QUEUED_MESSAGE_OVERHEAD;
-                let frame = match String::from_utf8(message) {
-                    Ok(text) => Message::Text(text.into()),
-                    Err(bytes) => Message::Binary(bytes.into_bytes().into()),
+                // Text when it is UTF-8 (a cheap clone of the shared buffer).
+                let frame = match Utf8Bytes::try_from(message.clone()) {
+                    Ok(text) => Message::Text(text),
+                    Err(_) => Message::Binary(message),
                 };
                 let sent = tokio::time::timeout(limits.send_timeout, socket.send(frame)).await;
                 queued_bytes.fetch_sub(cost, Ordering::AcqRel);
@@ -494,14 +496,17 @@ mod tests {
                 close: Arc::new(close),
             },
         );
-        let message = vec![b'x'; 1000];
+        let message = Bytes::from(vec![b'x'; 1000]);
         for _ in 0..3 {
             sockets.send("c1", &message).unwrap();
         }
         assert!(matches!(sockets.send("c1", &message), Err(SendError::Gone)));
         assert_eq!(*closed.borrow(), Some(ServerClose::SlowReader));
         assert!(sockets.is_empty());
-        assert!(matches!(sockets.send("c1", b"x"), Err(SendError::Gone)));
+        assert!(matches!(
+            sockets.send("c1", &Bytes::from_static(b"x")),
+            Err(SendError::Gone)
+        ));
         // What was queued before stays queued; nothing after.
         let mut queued = 0;
         while outgoing.try_recv().is_ok() {

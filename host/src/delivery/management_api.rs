@@ -12,6 +12,7 @@ use aws_sdk_apigatewaymanagement::Client;
 use aws_sdk_apigatewaymanagement::error::SdkError;
 use aws_sdk_apigatewaymanagement::operation::post_to_connection::PostToConnectionError;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
+use bytes::Bytes;
 
 use super::{ConnectionSender, SendError};
 
@@ -59,7 +60,7 @@ impl ManagementApi {
 
 #[async_trait::async_trait]
 impl ConnectionSender for ManagementApi {
-    async fn post(&self, connection_id: &str, message: &[u8]) -> Result<(), SendError> {
+    async fn post(&self, connection_id: &str, message: &Bytes) -> Result<(), SendError> {
         self.client
             .post_to_connection()
             .connection_id(connection_id)

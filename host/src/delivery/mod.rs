@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -67,7 +68,9 @@ pub enum SendError {
 /// Posts a message to one WebSocket connection.
 #[async_trait::async_trait]
 pub trait ConnectionSender: Send + Sync + 'static {
-    async fn post(&self, connection_id: &str, message: &[u8]) -> Result<(), SendError>;
+    /// `message` is shared, not copied, by senders that keep it (a
+    /// delivery hands the same buffer to every connection).
+    async fn post(&self, connection_id: &str, message: &Bytes) -> Result<(), SendError>;
 }
 
 /// The outcome of one delivery, counted per connection.
@@ -112,7 +115,7 @@ pub async fn deliver(
     store: Arc<dyn ConnectionStore>,
     sender: Arc<dyn ConnectionSender>,
     integration_id: &str,
-    message: Arc<[u8]>,
+    message: Bytes,
     now: u64,
     options: &DeliveryOptions,
 ) -> Result<DeliveryReport, DeliveryError> {
@@ -198,7 +201,7 @@ async fn deliver_to(
     store: &dyn ConnectionStore,
     sender: &dyn ConnectionSender,
     connection_id: &str,
-    message: &[u8],
+    message: &Bytes,
     options: &DeliveryOptions,
 ) -> Outcome {
     let mut attempt = 0;
@@ -294,7 +297,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl ConnectionSender for ScriptedSender {
-        async fn post(&self, connection_id: &str, message: &[u8]) -> Result<(), SendError> {
+        async fn post(&self, connection_id: &str, message: &Bytes) -> Result<(), SendError> {
             let attempt = {
                 let mut posts = self.posts.lock().unwrap();
                 posts.push((connection_id.to_owned(), message.to_vec()));
@@ -374,7 +377,7 @@ mod tests {
             store.clone(),
             sender.clone(),
             "acme",
-            Arc::from(&b"{\"event\":1}"[..]),
+            Bytes::from_static(b"{\"event\":1}"),
             NOW,
             &fast(),
         )
@@ -435,7 +438,7 @@ mod tests {
         }
         #[async_trait::async_trait]
         impl ConnectionSender for Counting {
-            async fn post(&self, _: &str, _: &[u8]) -> Result<(), SendError> {
+            async fn post(&self, _: &str, _: &Bytes) -> Result<(), SendError> {
                 {
                     let mut n = self.now.lock().unwrap();
                     n.0 += 1;
@@ -457,7 +460,7 @@ mod tests {
             store,
             sender.clone(),
             "acme",
-            Arc::from(&b"x"[..]),
+            Bytes::from_static(b"x"),
             NOW,
             &fast(),
         )
@@ -476,7 +479,7 @@ mod tests {
             store,
             sender.clone(),
             "acme",
-            Arc::from(vec![b'x'; MAX_MESSAGE_BYTES + 1]),
+            Bytes::from(vec![b'x'; MAX_MESSAGE_BYTES + 1]),
             NOW,
             &fast(),
         )
@@ -495,7 +498,7 @@ mod tests {
             store,
             sender,
             "acme",
-            Arc::from(vec![b'x'; MAX_MESSAGE_BYTES]),
+            Bytes::from(vec![b'x'; MAX_MESSAGE_BYTES]),
             NOW,
             &fast(),
         )
