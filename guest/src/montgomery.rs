@@ -11,8 +11,10 @@
 //! `cfg(target_feature)`: stable rustc hides unstable target features from
 //! `cfg`.
 //!
-//! Montgomery multiplication (operand scanning: Koç, Acar, Kaliski 1996) with
-//! a dedicated squaring, and R² by schoolbook division; variable time:
+//! Montgomery multiplication (operand scanning: Koç, Acar, Kaliski 1996, two
+//! rows per pass) with a dedicated squaring; the base enters Montgomery form
+//! by one schoolbook division and the result leaves it through the last
+//! product (by the plain base) instead of an extra reduction; variable time:
 //! verification handles only public values (key, signature, message), so
 //! there is no secret to leak through timing. Callers check `base < modulus`,
 //! an odd modulus and a non-zero exponent before calling.
@@ -43,20 +45,23 @@ macro_rules! montgomery {
                 let base = limbs(base, k);
                 debug_assert!(!greater_or_equal(&base, &m.n));
 
-                // Room for a product before reduction.
-                let mut scratch = vec![0; 2 * k];
-                let r_squared = m.r_squared();
-                let mut base_m = vec![0; k];
-                m.mul(&base, &r_squared, &mut base_m, &mut scratch);
-
-                let mut acc = base_m.clone();
-                let mut product = vec![0; k];
                 let mut bits = exponent
                     .iter()
                     .flat_map(|byte| (0..8).rev().map(move |i| (byte >> i) & 1 == 1))
                     .skip_while(|bit| !bit);
                 assert!(bits.next().is_some(), "mod_pow: zero exponent");
-                for bit in bits {
+                let bits: Vec<bool> = bits.collect();
+                // Exponent 1: base < modulus is its own residue.
+                let Some((&last_bit, leading_bits)) = bits.split_last() else {
+                    return to_bytes(&base, modulus.len());
+                };
+
+                // Room for a product before reduction.
+                let mut scratch = vec![0; 2 * k];
+                let base_m = m.to_montgomery(&base);
+                let mut acc = base_m.clone();
+                let mut product = vec![0; k];
+                for &bit in leading_bits {
                     m.square(&acc, &mut product, &mut scratch);
                     if bit {
                         m.mul(&product, &base_m, &mut acc, &mut scratch);
@@ -64,11 +69,18 @@ macro_rules! montgomery {
                         std::mem::swap(&mut acc, &mut product);
                     }
                 }
-                // Out of Montgomery form: acc·R⁻¹, a reduction of acc alone.
-                scratch[..k].copy_from_slice(&acc);
-                scratch[k..2 * k].fill(0);
-                m.reduce(&mut scratch, &mut product);
-                to_bytes(&product, modulus.len())
+                m.square(&acc, &mut product, &mut scratch);
+                if last_bit {
+                    // (x·R)·base·R⁻¹ = x·base: a last product by the plain
+                    // base leaves Montgomery form (odd exponents, 65537).
+                    m.mul(&product, &base, &mut acc, &mut scratch);
+                } else {
+                    // Out of Montgomery form: x·R·R⁻¹, a reduction of x·R alone.
+                    scratch[..k].copy_from_slice(&product);
+                    scratch[k..].fill(0);
+                    m.reduce(&mut scratch, &mut acc);
+                }
+                to_bytes(&acc, modulus.len())
             }
 
             struct Modulus {
@@ -101,9 +113,17 @@ macro_rules! montgomery {
                     let k = self.n.len();
                     let (a, b, t) = (&a[..k], &b[..k], &mut scratch[..2 * k]);
                     t.fill(0);
-                    for (i, &b_i) in b.iter().enumerate() {
-                        // Row i reaches limb i + k - 1; its carry opens limb i + k.
-                        t[i + k] = multiply_add(&mut t[i..i + k], a, b_i);
+                    // Rows i and i + 1 together reach limb i + k; their carry
+                    // opens limb i + k + 1 (it fits: the partial product is
+                    // below 2^(LIMB_BITS·(i + k + 2))).
+                    let mut i = 0;
+                    while i + 2 <= k {
+                        let carry = multiply_add_2(&mut t[i..=i + k], a, [b[i], b[i + 1]], 0, 0);
+                        t[i + k + 1] = carry as Limb;
+                        i += 2;
+                    }
+                    if i < k {
+                        t[i + k] = multiply_add(&mut t[i..i + k], a, b[i]);
                     }
                     self.reduce(t, out);
                 }
@@ -115,10 +135,26 @@ macro_rules! montgomery {
                     let k = self.n.len();
                     let (a, t) = (&a[..k], &mut scratch[..2 * k]);
                     t.fill(0);
-                    // Cross products: t = Σ_{i<j} a_i·a_j·2^(LIMB_BITS·(i+j)).
-                    for (i, &a_i) in a.iter().enumerate() {
-                        t[i + k] = multiply_add(&mut t[2 * i + 1..i + k], &a[i + 1..], a_i);
+                    // Cross products: t = Σ_{i<j} a_i·a_j·2^(LIMB_BITS·(i+j)). Row i
+                    // is a[i+1..]·a_i from limb 2i + 1. Rows i and i + 1 go together
+                    // after row i's first product: both multiply a[i+2..], from
+                    // limbs 2i + 2 and 2i + 3, and reach limb i + k.
+                    let mut i = 0;
+                    while i + 2 <= k {
+                        let first =
+                            Wide::from(t[2 * i + 1]) + Wide::from(a[i + 1]) * Wide::from(a[i]);
+                        t[2 * i + 1] = first as Limb;
+                        let carry = multiply_add_2(
+                            &mut t[2 * i + 2..=i + k],
+                            &a[i + 2..],
+                            [a[i], a[i + 1]],
+                            (first >> LIMB_BITS) as Limb,
+                            0,
+                        );
+                        t[i + k + 1] = carry as Limb;
+                        i += 2;
                     }
+                    // An odd k leaves row k - 1, which is empty.
                     // Doubled (a² < R², so nothing is shifted out) ...
                     let mut top = 0;
                     for limb in t.iter_mut() {
@@ -141,20 +177,36 @@ macro_rules! montgomery {
                 }
 
                 /// `out = t·R⁻¹ mod n` for a 2k-limb `t < n·R` (Montgomery
-                /// reduction, operand-scanning); `t` is overwritten.
+                /// reduction, operand scanning); `t` is overwritten.
                 fn reduce(&self, t: &mut [Limb], out: &mut [Limb]) {
                     let k = self.n.len();
                     let (n, t) = (&self.n[..k], &mut t[..2 * k]);
-                    // The carry out of row i lands on limb i + k; `overflow` is
-                    // what rose above it, added in by the next row.
-                    let mut overflow: Wide = 0;
-                    for i in 0..k {
-                        // m makes limb i zero.
+                    // Row i adds m_i·n from limb i, m_i chosen to make limb i zero.
+                    // `overflow` is what rose above the last row's carry: it
+                    // belongs on limb i + k of the next row(s).
+                    let mut overflow: Limb = 0;
+                    let mut i = 0;
+                    while i + 2 <= k {
+                        // Rows i and i + 1 together; m_{i+1} depends on limb i + 1
+                        // after row i, which its first two products give.
+                        let m0 = t[i].wrapping_mul(self.n0_inv);
+                        let limb_i = Wide::from(t[i]) + Wide::from(n[0]) * Wide::from(m0);
+                        let limb_i1 = Wide::from(t[i + 1])
+                            + Wide::from(n[1]) * Wide::from(m0)
+                            + (limb_i >> LIMB_BITS);
+                        let m1 = (limb_i1 as Limb).wrapping_mul(self.n0_inv);
+                        let carry = multiply_add_2(&mut t[i..=i + k], n, [m0, m1], 0, overflow);
+                        let sum = Wide::from(t[i + k + 1]) + carry;
+                        t[i + k + 1] = sum as Limb;
+                        overflow = (sum >> LIMB_BITS) as Limb;
+                        i += 2;
+                    }
+                    if i < k {
                         let m = t[i].wrapping_mul(self.n0_inv);
                         let carry = multiply_add(&mut t[i..i + k], n, m);
-                        let sum = Wide::from(t[i + k]) + Wide::from(carry) + overflow;
+                        let sum = Wide::from(t[i + k]) + Wide::from(carry) + Wide::from(overflow);
                         t[i + k] = sum as Limb;
-                        overflow = sum >> LIMB_BITS;
+                        overflow = (sum >> LIMB_BITS) as Limb;
                     }
                     self.finish(&t[k..], overflow != 0, out);
                 }
@@ -168,55 +220,55 @@ macro_rules! montgomery {
                     }
                 }
 
-                /// `R² mod n`, the factor that moves a value into Montgomery form.
+                /// `x·R mod n` for `x < n`: x in Montgomery form.
                 ///
-                /// 1 multiplied by 2^LIMB_BITS, 2k times, each step reduced by one
-                /// schoolbook division step (Knuth, TAOCP vol. 2, 4.3.1, algorithm
-                /// D): about the cost of one Montgomery product. The division needs
-                /// a modulus whose top bit is set, so it runs on n' = n·2^shift,
-                /// where (x·2^shift) mod n' = (x mod n)·2^shift.
-                fn r_squared(&self) -> Vec<Limb> {
+                /// The remainder of x·2^(LIMB_BITS·k) by schoolbook long division
+                /// (Knuth, TAOCP vol. 2, 4.3.1, algorithm D), k quotient limbs:
+                /// about the cost of one reduction, and cheaper than the usual
+                /// product by R² mod n, which itself needs a division twice as
+                /// long. The division needs a divisor whose top bit is set, so it
+                /// runs on n' = n·2^shift, where (y·2^shift) mod n' = (y mod n)·2^shift.
+                fn to_montgomery(&self, x: &[Limb]) -> Vec<Limb> {
                     let k = self.n.len();
                     let shift = self.n[k - 1].leading_zeros() as usize;
                     let mut n_norm = self.n.clone();
                     shift_left(&mut n_norm, shift);
                     let top = Wide::from(n_norm[k - 1]);
-                    // z holds y·2^LIMB_BITS (k + 1 limbs) for the current y < n'.
-                    let mut z: Vec<Limb> = vec![0; k + 1];
-                    z[0] = 1 << shift;
-                    for _ in 0..2 * k {
-                        z.copy_within(0..k, 1);
-                        z[0] = 0;
-                        // The estimate is at most 2 above the true quotient.
-                        let estimate =
-                            ((Wide::from(z[k]) << LIMB_BITS) | Wide::from(z[k - 1])) / top;
+                    // The dividend x·2^shift·2^(LIMB_BITS·k), 2k limbs and one
+                    // more on top; x·2^shift < n' fits in k limbs.
+                    let mut z: Vec<Limb> = vec![0; 2 * k + 1];
+                    z[k..2 * k].copy_from_slice(x);
+                    shift_left(&mut z[k..2 * k], shift);
+                    for j in (0..k).rev() {
+                        // The remainder so far is z[j+1..=j+k]; bring down limb j.
+                        let window = &mut z[j..=j + k];
+                        // The estimate is at most 2 above the true quotient limb.
+                        let estimate = ((Wide::from(window[k]) << LIMB_BITS)
+                            | Wide::from(window[k - 1]))
+                            / top;
                         let q = estimate.min(Wide::from(Limb::MAX));
-                        // z -= q·n', in two's complement over k + 1 limbs.
-                        let mut product_carry: Wide = 0;
-                        let mut borrow = false;
-                        for (z_j, &n_j) in z[..k].iter_mut().zip(&n_norm) {
-                            let product = q * Wide::from(n_j) + product_carry;
-                            product_carry = product >> LIMB_BITS;
-                            let (d1, b1) = z_j.overflowing_sub(product as Limb);
-                            let (d2, b2) = d1.overflowing_sub(Limb::from(borrow));
-                            *z_j = d2;
-                            borrow = b1 || b2;
+                        // window -= q·n', in two's complement over k + 1 limbs;
+                        // `carry` holds the product's high limb and the borrow.
+                        let mut carry: Wide = 0;
+                        for (z_j, &n_j) in window[..k].iter_mut().zip(&n_norm) {
+                            let product = q * Wide::from(n_j) + carry;
+                            let (difference, borrow) = z_j.overflowing_sub(product as Limb);
+                            *z_j = difference;
+                            carry = (product >> LIMB_BITS) + Wide::from(borrow);
                         }
-                        z[k] = z[k]
-                            .wrapping_sub(product_carry as Limb)
-                            .wrapping_sub(Limb::from(borrow));
+                        window[k] = window[k].wrapping_sub(carry as Limb);
                         // Negative (the estimate was too high): add n' back.
-                        while z[k] >> (LIMB_BITS - 1) != 0 {
+                        while window[k] >> (LIMB_BITS - 1) != 0 {
                             let mut carry = false;
-                            for (z_j, &n_j) in z[..k].iter_mut().zip(&n_norm) {
+                            for (z_j, &n_j) in window[..k].iter_mut().zip(&n_norm) {
                                 let (s1, c1) = z_j.overflowing_add(n_j);
                                 let (s2, c2) = s1.overflowing_add(Limb::from(carry));
                                 *z_j = s2;
                                 carry = c1 || c2;
                             }
-                            z[k] = z[k].wrapping_add(Limb::from(carry));
+                            window[k] = window[k].wrapping_add(Limb::from(carry));
                         }
-                        debug_assert_eq!(z[k], 0);
+                        debug_assert_eq!(window[k], 0);
                     }
                     z.truncate(k);
                     shift_right(&mut z, shift);
@@ -224,23 +276,12 @@ macro_rules! montgomery {
                 }
             }
 
-            /// `t += a·b` over equally long `t` and `a`; returns the carry out.
-            /// The inner loop of every product, unrolled: inside wasm each
-            /// loop iteration also pays an epoch (deadline) check and a
+            /// Calls `step` on each pair of `t` and `a` in order, unrolled: inside
+            /// wasm each loop iteration also pays an epoch (deadline) check and a
             /// branch, which cost as much as a few limb steps.
             #[inline(always)]
-            fn multiply_add(t: &mut [Limb], a: &[Limb], b: Limb) -> Limb {
+            fn unrolled(t: &mut [Limb], a: &[Limb], mut step: impl FnMut(&mut Limb, Limb)) {
                 debug_assert_eq!(t.len(), a.len());
-                let b = Wide::from(b);
-                // The carry is one limb (the sum's high half): kept as `Limb`,
-                // not `Wide`, so the compiler knows its upper half is zero
-                // (with wide-arithmetic, fewer 128-bit adds per step).
-                let mut carry: Limb = 0;
-                let mut step = |t_j: &mut Limb, a_j: Limb| {
-                    let sum = Wide::from(*t_j) + Wide::from(a_j) * b + Wide::from(carry);
-                    *t_j = sum as Limb;
-                    carry = (sum >> LIMB_BITS) as Limb;
-                };
                 // Blocks of 16 limbs, then of 4 (the rows of a square have every
                 // length), then single limbs.
                 let (t_blocks, t_rest) = t.as_chunks_mut::<16>();
@@ -260,7 +301,69 @@ macro_rules! montgomery {
                 for (t_j, &a_j) in t_rest.iter_mut().zip(a_rest) {
                     step(t_j, a_j);
                 }
+            }
+
+            /// `t += a·b` over equally long `t` and `a`; returns the carry out.
+            #[inline(always)]
+            fn multiply_add(t: &mut [Limb], a: &[Limb], b: Limb) -> Limb {
+                let b = Wide::from(b);
+                // The carry is one limb (the sum's high half): kept as `Limb`,
+                // not `Wide`, so the compiler knows its upper half is zero
+                // (with wide-arithmetic, fewer 128-bit adds per step).
+                let mut carry: Limb = 0;
+                unrolled(t, a, |t_j, a_j| {
+                    let sum = Wide::from(*t_j) + Wide::from(a_j) * b + Wide::from(carry);
+                    *t_j = sum as Limb;
+                    carry = (sum >> LIMB_BITS) as Limb;
+                });
                 carry
+            }
+
+            /// Two rows at once: `t += a·b[0] + a·b[1]·2^LIMB_BITS + carry_in
+            /// + top_in·2^(LIMB_BITS·len(a))` over `t`, one limb longer than
+            /// `a`; returns the carry out of `t`'s last limb.
+            ///
+            /// Why two: one row's carry chain (add, shift, add) bounds a step
+            /// at a few cycles whatever the core's width; two rows in one pass
+            /// run two independent chains side by side, and load and store
+            /// each limb of `t` once for two products.
+            #[inline(always)]
+            fn multiply_add_2(
+                t: &mut [Limb],
+                a: &[Limb],
+                b: [Limb; 2],
+                carry_in: Limb,
+                top_in: Limb,
+            ) -> Wide {
+                debug_assert_eq!(t.len(), a.len() + 1);
+                let (b0, b1) = (Wide::from(b[0]), Wide::from(b[1]));
+                let (top, t) = t.split_last_mut().expect("t is one limb longer than a");
+                // Row 0's carry, row 1's carry, and the limb of `a` that row 1
+                // multiplies at the current limb of `t` (row 0's previous one).
+                let (mut carry_0, mut carry_1, mut a_previous): (Limb, Limb, Limb) =
+                    (carry_in, 0, 0);
+                if let Some((&a_0, a_rest)) = a.split_first() {
+                    let (t_0, t_rest) = t.split_first_mut().expect("as long as a");
+                    let sum = Wide::from(*t_0) + Wide::from(a_0) * b0 + Wide::from(carry_0);
+                    *t_0 = sum as Limb;
+                    carry_0 = (sum >> LIMB_BITS) as Limb;
+                    a_previous = a_0;
+                    unrolled(t_rest, a_rest, |t_j, a_j| {
+                        let sum_0 = Wide::from(*t_j) + Wide::from(a_j) * b0 + Wide::from(carry_0);
+                        carry_0 = (sum_0 >> LIMB_BITS) as Limb;
+                        let sum_1 = Wide::from(sum_0 as Limb)
+                            + Wide::from(a_previous) * b1
+                            + Wide::from(carry_1);
+                        *t_j = sum_1 as Limb;
+                        carry_1 = (sum_1 >> LIMB_BITS) as Limb;
+                        a_previous = a_j;
+                    });
+                }
+                let sum_0 = Wide::from(*top) + Wide::from(carry_0) + Wide::from(top_in);
+                let sum_1 =
+                    Wide::from(sum_0 as Limb) + Wide::from(a_previous) * b1 + Wide::from(carry_1);
+                *top = sum_1 as Limb;
+                (sum_0 >> LIMB_BITS) + (sum_1 >> LIMB_BITS)
             }
 
             /// `x <<= shift` for `shift < LIMB_BITS`, bits above the top limb dropped.

@@ -1,7 +1,7 @@
 //! The hand-written modular exponentiation against an independent reference
 //! (`num-bigint`), on moduli of every alignment: sizes that fill whole 32- and
 //! 64-bit limbs and sizes that leave the top limb partly empty (the division
-//! behind R² then works on a shifted modulus), in both limb widths.
+//! into Montgomery form then works on a shifted modulus), in both limb widths.
 
 use gitgazer_ws_guest::montgomery::{limb32, limb64};
 use num_bigint::BigUint;
