@@ -388,9 +388,12 @@ fn reference_keys() -> [(Vec<u8>, Vec<u8>); 2] {
 
 /// Differential check of the hand-written RS256 primitive against the `rsa`
 /// crate. Input: a key selector byte, then a signature as long as the
-/// modulus, then the message. Property: both limb widths of the guest's
-/// arithmetic agree with `rsa` 0.10's `Pkcs1v15Sign` verifier. Returns the
-/// verdict; `None` when the input is too short.
+/// modulus, then the message. Properties: both limb widths of the guest's
+/// arithmetic agree with `rsa` 0.10's `Pkcs1v15Sign` verifier, and (random
+/// signatures almost never verify, so the verdicts alone say little about
+/// the arithmetic) `signature^e mod n` itself matches `num-bigint`'s for
+/// every signature below the modulus. Returns the verdict; `None` when the
+/// input is too short.
 pub fn rs256(data: &[u8]) -> Option<bool> {
     let (&selector, rest) = data.split_first()?;
     let keys = reference_keys();
@@ -412,9 +415,24 @@ pub fn rs256(data: &[u8]) -> Option<bool> {
         )
         .is_ok()
     };
+    let power = (signature < n.as_slice()).then(|| {
+        let power = BigUint::from_bytes_be(signature)
+            .modpow(&BigUint::from_bytes_be(e), &BigUint::from_bytes_be(n))
+            .to_bytes_be();
+        let mut padded = vec![0; n.len() - power.len()];
+        padded.extend_from_slice(&power);
+        padded
+    });
     for mod_pow in [montgomery::limb32::mod_pow, montgomery::limb64::mod_pow] {
         let ours = rs256::verify_with(mod_pow, n, e, message, signature);
         assert_eq!(ours, reference, "the guest and the rsa crate disagree");
+        if let Some(power) = &power {
+            assert_eq!(
+                &mod_pow(signature, e, n),
+                power,
+                "the guest and num-bigint disagree on signature^e mod n"
+            );
+        }
     }
     Some(reference)
 }

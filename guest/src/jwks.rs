@@ -228,11 +228,31 @@ pub fn has_roca_fingerprint(n: &[u8]) -> bool {
         191, 193, 197, 199, 211, 223, 227, 229, 233, 239, 241, 251, 257, 263, 269, 271, 277, 281,
         283, 293, 307, 311, 313, 317, 331, 337, 347, 349, 353,
     ];
-    SMALL_PRIMES.iter().all(|&prime| {
-        let residue = n
-            .iter()
-            .fold(0u32, |acc, &byte| (acc * 256 + u32::from(byte)) % prime);
-        in_subgroup_of_65537(residue, prime)
+    SMALL_PRIMES
+        .iter()
+        .all(|&prime| in_subgroup_of_65537(residue(n, prime), prime))
+}
+
+/// `n mod prime` for a big-endian `n` and a prime below 2^9, two bytes per
+/// step. Each step's remainder comes from a multiplication by a precomputed
+/// reciprocal (Barrett) instead of a division, which costs 20 to 40 cycles
+/// per step and made this check a few per cent of a whole verification.
+fn residue(n: &[u8], prime: u32) -> u32 {
+    debug_assert!((3..512).contains(&prime));
+    // ⌈2^40 / prime⌉: for x < prime·2^16 < 2^25, x·reciprocal / 2^40 exceeds
+    // x / prime by less than 2^-15, too little to carry it past the next
+    // integer (the fraction of x / prime is at most 1 - 1/prime), so the
+    // quotient below is exact. x·reciprocal < 2^25·2^39 fits in a u64.
+    let reciprocal = (1u64 << 40).div_ceil(u64::from(prime));
+    let step = |acc: u32, chunk: u32, bits: u32| {
+        let x = (acc << bits) | chunk;
+        let quotient = ((u64::from(x) * reciprocal) >> 40) as u32;
+        x - quotient * prime
+    };
+    let (odd, pairs) = n.split_at(n.len() % 2);
+    let start = odd.first().map_or(0, |&byte| step(0, u32::from(byte), 8));
+    pairs.chunks_exact(2).fold(start, |acc, pair| {
+        step(acc, u32::from(u16::from_be_bytes([pair[0], pair[1]])), 16)
     })
 }
 
@@ -257,6 +277,44 @@ mod tests {
 
     fn key_set(document: &str) -> KeySet {
         parse_key_set(document).expect("key set parses")
+    }
+
+    #[test]
+    fn residues_match_the_remainder_operator() {
+        // Moduli of odd and even lengths, all-ones bytes (the largest
+        // intermediate values) and a pseudo-random pattern.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut random = |len: usize| -> Vec<u8> {
+            (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect()
+        };
+        let inputs = [
+            vec![0xff; 256],
+            vec![0xff; 257],
+            vec![],
+            vec![7],
+            random(256),
+            random(385),
+        ];
+        for n in &inputs {
+            for prime in [3, 5, 7, 11, 13, 251, 257, 331, 347, 349, 353, 509] {
+                let expected = n
+                    .iter()
+                    .fold(0u32, |acc, &byte| (acc * 256 + u32::from(byte)) % prime);
+                assert_eq!(
+                    residue(n, prime),
+                    expected,
+                    "prime {prime}, {} bytes",
+                    n.len()
+                );
+            }
+        }
     }
 
     #[test]

@@ -24,9 +24,10 @@ pub use limb32::mod_pow;
 #[cfg(any(target_pointer_width = "64", feature = "wide-arithmetic"))]
 pub use limb64::mod_pow;
 
-/// The arithmetic, for one limb type and its double-width type.
+/// The arithmetic, for one limb type, its double-width type and the block
+/// length of the unrolled inner loops.
 macro_rules! montgomery {
-    ($module:ident, $limb:ty, $wide:ty) => {
+    ($module:ident, $limb:ty, $wide:ty, $block:literal) => {
         pub mod $module {
             type Limb = $limb;
             type Wide = $wide;
@@ -282,10 +283,12 @@ macro_rules! montgomery {
             #[inline(always)]
             fn unrolled(t: &mut [Limb], a: &[Limb], mut step: impl FnMut(&mut Limb, Limb)) {
                 debug_assert_eq!(t.len(), a.len());
-                // Blocks of 16 limbs, then of 4 (the rows of a square have every
-                // length), then single limbs.
-                let (t_blocks, t_rest) = t.as_chunks_mut::<16>();
-                let (a_blocks, a_rest) = a.as_chunks::<16>();
+                // Blocks of `$block` limbs, then of 4 (the rows of a square have
+                // every length), then single limbs. 16 for 32-bit limbs, 8 for
+                // 64-bit ones: LLVM kept a block of 16 two-row steps on u128 as
+                // a loop (an epoch check per limb) instead of unrolling it.
+                let (t_blocks, t_rest) = t.as_chunks_mut::<$block>();
+                let (a_blocks, a_rest) = a.as_chunks::<$block>();
                 for (t_block, a_block) in t_blocks.iter_mut().zip(a_blocks) {
                     for (t_j, &a_j) in t_block.iter_mut().zip(a_block) {
                         step(t_j, a_j);
@@ -435,8 +438,8 @@ macro_rules! montgomery {
     };
 }
 
-montgomery!(limb32, u32, u64);
-montgomery!(limb64, u64, u128);
+montgomery!(limb32, u32, u64, 16);
+montgomery!(limb64, u64, u128, 8);
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,199 @@
+//! A/B comparison of guest builds on one verification, for changes to the
+//! guest's arithmetic on a noisy machine: criterion runs one build after the
+//! other, minutes apart, and this machine's neighbours move a row by up to
+//! 30 % in that time. Here the builds take turns, batch after batch, in one
+//! process, and the report gives each build's fastest and median batch.
+//!
+//! ```sh
+//! cargo run --release -p gitgazer-ws-tests --example verify_ab -- \
+//!     old.wasm new.wasm            # components (.wasm) of the ws-handler world
+//! cargo run --release -p gitgazer-ws-tests --example verify_ab   # the embedded builds
+//! ```
+//!
+//! `VERIFY_AB_ONLY=<text>` runs only the contestants whose name contains
+//! the text, without timing (to profile one, e.g. under `perf record`).
+//!
+//! Each batch is 200 verifications of the same valid dev token (a fresh
+//! instance each, as in the server), 40 batches per build.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use gitgazer_ws::component::{EngineOptions, GuestBuild, PolicyRuntime, PolicySettings, Verdict};
+use gitgazer_ws::dev::{DEV_CLIENT_ID, DEV_ISSUER, DevClaims, DevSigner};
+use gitgazer_ws::keys::StaticKeySet;
+use gitgazer_ws::service::{Handler, unix_now};
+use gitgazer_ws::store::MemoryStore;
+use sha2::{Digest, Sha256};
+
+const BATCH: u32 = 200;
+const BATCHES: usize = 40;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let signer = DevSigner::generate().expect("dev key");
+    let now = unix_now();
+    let token = signer.mint(
+        &DevClaims {
+            sub: "ab-user".into(),
+            groups: vec!["integration-1".into()],
+            ttl_seconds: 3600,
+        },
+        now,
+    );
+    let candidates: Vec<(String, EngineOptions)> = {
+        let paths: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+        if paths.is_empty() {
+            [GuestBuild::Portable, GuestBuild::Wide]
+                .into_iter()
+                .map(|guest_build| {
+                    let options = EngineOptions {
+                        guest_build,
+                        ..EngineOptions::default()
+                    };
+                    (format!("embedded {guest_build:?}"), options)
+                })
+                .collect()
+        } else {
+            paths
+                .into_iter()
+                .map(|path| {
+                    let options = EngineOptions {
+                        component: Some(path.clone()),
+                        cache_dir: None,
+                        ..EngineOptions::default()
+                    };
+                    (path.display().to_string(), options)
+                })
+                .collect()
+        }
+    };
+    let handlers = candidates
+        .into_iter()
+        .map(|(name, options)| {
+            let handler = runtime.block_on(async {
+                let policy = PolicyRuntime::new(options).expect("policy runtime");
+                let keys =
+                    Arc::new(StaticKeySet::new(signer.jwks().to_owned(), "ab").expect("key set"));
+                let settings = PolicySettings {
+                    issuer: DEV_ISSUER.into(),
+                    audience: DEV_CLIENT_ID.into(),
+                    leeway_seconds: 60,
+                    record_ttl_seconds: 7500,
+                };
+                Handler::new(policy, Arc::new(MemoryStore::new()), keys, settings)
+            });
+            (name, handler)
+        })
+        .collect::<Vec<_>>();
+
+    // Contestants: the reference (native `rsa` 0.10 on the same token), then
+    // per build the valid token and the empty one (instance + call, refused
+    // before any work); valid − empty is the in-guest verification.
+    let (signing_input, signature) = token.rsplit_once('.').expect("a JWT");
+    let signature = URL_SAFE_NO_PAD.decode(signature).expect("base64url");
+    let jwks: serde_json::Value = serde_json::from_str(signer.jwks()).expect("JSON");
+    let key_part = |name: &str| {
+        URL_SAFE_NO_PAD
+            .decode(jwks["keys"][0][name].as_str().expect("a string"))
+            .expect("base64url")
+    };
+    let reference = rsa::PublicKey::new(
+        rsa::BoxedUint::from_be_slice_vartime(&key_part("n")),
+        rsa::BoxedUint::from_be_slice_vartime(&key_part("e")),
+    )
+    .expect("the dev key");
+    let mut contestants: Vec<(String, Box<dyn Fn() + '_>)> = vec![(
+        "native rsa 0.10".into(),
+        Box::new(|| {
+            let digest = Sha256::digest(signing_input.as_bytes());
+            reference
+                .verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &digest, &signature)
+                .expect("the signature verifies natively");
+        }),
+    )];
+    for (name, handler) in &handlers {
+        let (runtime, token) = (&runtime, &token);
+        contestants.push((
+            format!("valid, {name}"),
+            Box::new(move || {
+                let verdict = runtime
+                    .block_on(handler.verify_token(token, now))
+                    .expect("verification ran");
+                assert!(
+                    matches!(verdict, Verdict::Valid { .. }),
+                    "{name}: the token did not verify"
+                );
+            }),
+        ));
+        contestants.push((
+            format!("empty, {name}"),
+            Box::new(move || {
+                let verdict = runtime
+                    .block_on(handler.verify_token("", now))
+                    .expect("verification ran");
+                assert!(
+                    matches!(verdict, Verdict::Invalid { .. }),
+                    "{name}: the empty token was not refused"
+                );
+            }),
+        ));
+    }
+
+    // VERIFY_AB_ONLY=<text>: time only the contestants whose name contains it
+    // (for profiling one of them).
+    if let Ok(only) = std::env::var("VERIFY_AB_ONLY") {
+        contestants.retain(|(name, _)| name.contains(&only));
+        for (name, run) in &contestants {
+            for _ in 0..BATCH * BATCHES as u32 * 20 {
+                run();
+            }
+            println!("ran {name} {} times", BATCH * BATCHES as u32 * 20);
+        }
+        return;
+    }
+    let mut batches: Vec<Vec<Duration>> = vec![Vec::new(); contestants.len()];
+    for round in 0..=BATCHES {
+        for (index, (_, run)) in contestants.iter().enumerate() {
+            let start = Instant::now();
+            for _ in 0..BATCH {
+                run();
+            }
+            // Round 0 warms up (first touch of each pool slot).
+            if round > 0 {
+                batches[index].push(start.elapsed() / BATCH);
+            }
+        }
+    }
+    let fastest: Vec<Duration> = batches
+        .iter_mut()
+        .map(|times| {
+            times.sort();
+            times[0]
+        })
+        .collect();
+    println!("{:>10} {:>10}  per call", "fastest", "median");
+    for ((name, _), times) in contestants.iter().zip(&batches) {
+        println!(
+            "{:>10.1?} {:>10.1?}  {name}",
+            times[0],
+            times[times.len() / 2]
+        );
+    }
+    println!("\nin-guest verification (fastest valid − fastest empty), against native rsa 0.10:");
+    for (index, (name, _)) in handlers.iter().enumerate() {
+        let (valid, empty) = (fastest[1 + 2 * index], fastest[2 + 2 * index]);
+        let in_guest = valid.saturating_sub(empty);
+        println!(
+            "{:>10.1?} {:>9.2}×  {name}",
+            in_guest,
+            in_guest.as_secs_f64() / fastest[0].as_secs_f64()
+        );
+    }
+}
