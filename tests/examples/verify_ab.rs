@@ -13,8 +13,11 @@
 //! `VERIFY_AB_ONLY=<text>` runs only the contestants whose name contains
 //! the text, without timing (to profile one, e.g. under `perf record`).
 //!
-//! Each batch is 200 verifications of the same valid dev token (a fresh
-//! instance each, as in the server), 40 batches per build.
+//! Per build it times a valid dev token, an empty one (instance + call,
+//! refused before any work) and a whole CONNECT decision with the embedded
+//! store, each on a fresh instance as in the server: 200 calls a batch, 40
+//! batches. It prints the in-guest verification (valid − empty) against
+//! native `rsa` 0.10, and the instance overhead (empty) against a CONNECT.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -144,6 +147,14 @@ fn main() {
                 );
             }),
         ));
+        contestants.push((
+            format!("connect, {name}"),
+            Box::new(move || {
+                // The same connection again: its records are overwritten.
+                let reply = runtime.block_on(handler.connect("ab", "ab-connection", Some(token)));
+                assert_eq!(reply.status, 200, "{name}: CONNECT refused");
+            }),
+        ));
     }
 
     // VERIFY_AB_ONLY=<text>: time only the contestants whose name contains it
@@ -186,14 +197,18 @@ fn main() {
             times[times.len() / 2]
         );
     }
-    println!("\nin-guest verification (fastest valid − fastest empty), against native rsa 0.10:");
+    println!(
+        "\nin-guest verification (fastest valid − fastest empty) against native rsa 0.10; \
+         instance + call overhead (fastest empty) against a whole CONNECT (fastest):"
+    );
     for (index, (name, _)) in handlers.iter().enumerate() {
-        let (valid, empty) = (fastest[1 + 2 * index], fastest[2 + 2 * index]);
+        let [valid, empty, connect] = [1, 2, 3].map(|offset| fastest[3 * index + offset]);
         let in_guest = valid.saturating_sub(empty);
         println!(
-            "{:>10.1?} {:>9.2}×  {name}",
+            "{:>10.1?} {:>6.2}×   {:>5.1} %  {name}",
             in_guest,
-            in_guest.as_secs_f64() / fastest[0].as_secs_f64()
+            in_guest.as_secs_f64() / fastest[0].as_secs_f64(),
+            100.0 * empty.as_secs_f64() / connect.as_secs_f64()
         );
     }
 }
