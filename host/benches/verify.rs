@@ -23,8 +23,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
-use gitgazer_ws::component::{EngineOptions, GuestBuild, PolicyRuntime, PolicySettings};
-use gitgazer_ws::dev::{DEV_CLIENT_ID, DEV_ISSUER, DevClaims, DevSigner};
+use gitgazer_ws::component::{EngineOptions, GuestBuild, PolicyRuntime};
+use gitgazer_ws::dev::{DevClaims, DevSigner, dev_policy_settings};
 use gitgazer_ws::keys::StaticKeySet;
 use gitgazer_ws::service::{Handler, unix_now};
 use gitgazer_ws::store::MemoryStore;
@@ -96,12 +96,7 @@ fn benches(c: &mut Criterion) {
         runtime.block_on(async {
             let policy = PolicyRuntime::new(options).unwrap();
             let keys = Arc::new(StaticKeySet::new(signer.jwks().to_owned(), "bench").unwrap());
-            let settings = PolicySettings {
-                issuer: DEV_ISSUER.into(),
-                audience: DEV_CLIENT_ID.into(),
-                leeway_seconds: 60,
-                record_ttl_seconds: 7500,
-            };
+            let settings = dev_policy_settings();
             Handler::new(policy, Arc::new(MemoryStore::new()), keys, settings)
         })
     };

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gitgazer_ws::component::{EngineOptions, GuestBuild, PolicyRuntime, PolicySettings, Verdict};
-use gitgazer_ws::dev::{DEV_CLIENT_ID, DEV_ISSUER, DevClaims, DevSigner};
+use gitgazer_ws::component::{EngineOptions, GuestBuild, PolicyRuntime, Verdict};
+use gitgazer_ws::dev::{DevClaims, DevSigner, dev_policy_settings};
 use gitgazer_ws::keys::StaticKeySet;
 use gitgazer_ws::service::{Handler, unix_now};
 use gitgazer_ws::store::MemoryStore;
@@ -84,12 +84,7 @@ fn main() {
                 let policy = PolicyRuntime::new(options).expect("policy runtime");
                 let keys =
                     Arc::new(StaticKeySet::new(signer.jwks().to_owned(), "ab").expect("key set"));
-                let settings = PolicySettings {
-                    issuer: DEV_ISSUER.into(),
-                    audience: DEV_CLIENT_ID.into(),
-                    leeway_seconds: 60,
-                    record_ttl_seconds: 7500,
-                };
+                let settings = dev_policy_settings();
                 Handler::new(policy, Arc::new(MemoryStore::new()), keys, settings)
             });
             (name, handler)
