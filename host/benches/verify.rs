@@ -55,11 +55,7 @@ fn benches(c: &mut Criterion) {
     let signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
 
     let mut group = c.benchmark_group("rs256");
-    let reference = rsa::PublicKey::new(
-        rsa::BoxedUint::from_be_slice_vartime(&n),
-        rsa::BoxedUint::from_be_slice_vartime(&e),
-    )
-    .unwrap();
+    let reference = signer.public_key();
     group.bench_function("native rsa 0.10", |b| {
         b.iter(|| {
             let digest = Sha256::digest(signing_input.as_bytes());

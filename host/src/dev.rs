@@ -41,6 +41,7 @@ pub struct DevClaims {
 pub struct DevSigner {
     kid: String,
     signing_key: SigningKey<Sha256>,
+    public_key: rsa::PublicKey,
     jwks: String,
 }
 
@@ -64,8 +65,14 @@ impl DevSigner {
         Ok(Self {
             kid,
             signing_key: SigningKey::<Sha256>::new(private_key),
+            public_key,
             jwks,
         })
+    }
+
+    /// The public key (benchmarks verify natively with it for reference).
+    pub fn public_key(&self) -> &rsa::PublicKey {
+        &self.public_key
     }
 
     /// The public key set (JWKS JSON).
