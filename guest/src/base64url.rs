@@ -3,6 +3,8 @@
 //! character. Each byte string then has exactly one accepted encoding, so a
 //! token cannot be altered without changing its signing input.
 
+use crate::prelude::*;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 

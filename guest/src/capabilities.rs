@@ -3,6 +3,8 @@
 //! In the component, `lib.rs` implements it by calling the WIT imports; in
 //! native tests, an in-memory fake does. Nothing here knows about WIT.
 
+use crate::prelude::*;
+
 /// One stored record: one per (group, connection).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionRecord {

@@ -5,6 +5,8 @@
 //! (`bad-claims`), and `exp` and `sub` must be present; then `iss`, `aud`,
 //! `token_use`, and the time window, each with its own rejection.
 
+use crate::prelude::*;
+
 use crate::json::{Number, Object, Value};
 use crate::verify::{Identity, Rejection, Settings};
 

@@ -3,6 +3,8 @@
 //! Bodies never carry internals; detail (store errors, rejection classes) goes
 //! to the log capability. Tokens are never logged.
 
+use crate::prelude::*;
+
 use crate::capabilities::{Capabilities, ConnectionRecord, Level, StoreError};
 use crate::rfc3339;
 use crate::verify::{Rejection, Settings, verify_token};
@@ -12,6 +14,8 @@ pub const MAX_CONNECTION_ID_BYTES: usize = 128;
 
 /// Exact response bodies, shared with tests.
 pub mod body {
+    use crate::prelude::*;
+
     pub const CONNECTED: &str = "Connected.";
     pub const NO_TOKEN: &str = "Unauthorized: No authentication token provided";
     pub const INVALID_TOKEN: &str = "Unauthorized: Invalid authentication token";

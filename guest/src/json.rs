@@ -10,9 +10,11 @@
 //! Names are compared after unescaping, so `"alg"` and `"\u0061lg"` collide.
 //! Nesting depth is bounded by serde_json's recursion limit (128).
 
-use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
-use std::fmt;
+use crate::prelude::*;
+
+use alloc::collections::BTreeMap;
+use alloc::collections::btree_map::Entry;
+use core::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 

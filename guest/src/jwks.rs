@@ -6,6 +6,8 @@
 //! One malformed entry does not spoil the others: it is skipped unless the
 //! token names it, in which case the token is refused as using an unusable key.
 
+use crate::prelude::*;
+
 use crate::base64url;
 use crate::json::{self, Object, Value};
 use crate::rs256::strip_leading_zeros;

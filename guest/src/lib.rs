@@ -6,6 +6,33 @@
 //! which implements the core's [`Capabilities`] trait by calling the imports.
 //! The policy lives in plain modules that know nothing of WIT, so
 //! `cargo test -p gitgazer-ws-guest` runs natively with in-memory fakes.
+//!
+//! `no_std` (with `alloc`): the component imports the world's interfaces and
+//! nothing else. Rust's std on wasm32-wasip2 links wasi-libc, which imports
+//! about twenty WASI functions (stdio, environment, exit) that the policy
+//! never needs; each import is a function the host resolves on every
+//! instantiation, and one more capability the sandbox has to grant.
+
+// Natively (unit tests, the host's benchmarks) the crate links std as usual.
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+// `#[macro_use]`: `format!` and `vec!` everywhere, as with std.
+#[macro_use]
+extern crate alloc;
+
+/// What std's prelude would bring, for the modules of this crate on wasm32.
+mod prelude {
+    // Natively std's prelude wins method lookups, so this one looks unused.
+    #[allow(unused_imports)]
+    pub use alloc::borrow::ToOwned;
+    #[allow(unused_imports)]
+    pub use alloc::string::{String, ToString};
+    pub use alloc::vec::Vec;
+}
+
+// The allocator, the panic handler and `cabi_realloc` that std would bring.
+#[cfg(target_arch = "wasm32")]
+use gitgazer_ws_guest_runtime as _;
 
 pub mod base64url;
 pub mod capabilities;
@@ -34,6 +61,7 @@ mod bindings {
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 mod component {
     use super::*;
+    use crate::prelude::*;
 
     use crate::bindings::exports::gitgazer::ws_handler::handler as wit_handler;
     use crate::bindings::gitgazer::ws_handler::{

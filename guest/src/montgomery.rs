@@ -29,6 +29,8 @@ pub use limb64::mod_pow;
 macro_rules! montgomery {
     ($module:ident, $limb:ty, $wide:ty, $block:literal) => {
         pub mod $module {
+            use crate::prelude::*;
+
             type Limb = $limb;
             type Wide = $wide;
 
@@ -67,7 +69,7 @@ macro_rules! montgomery {
                     if bit {
                         m.mul(&product, &base_m, &mut acc, &mut scratch);
                     } else {
-                        std::mem::swap(&mut acc, &mut product);
+                        core::mem::swap(&mut acc, &mut product);
                     }
                 }
                 m.square(&acc, &mut product, &mut scratch);

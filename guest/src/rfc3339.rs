@@ -2,6 +2,8 @@
 //! (`2026-11-27T08:15:54Z`). Hand-written (Howard Hinnant's civil_from_days)
 //! instead of pulling in a date crate for one format.
 
+use crate::prelude::*;
+
 /// The last second RFC 3339 can write with a four-digit year:
 /// 9999-12-31T23:59:59Z.
 pub const MAX_SECONDS: u64 = 253_402_300_799;

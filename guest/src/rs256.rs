@@ -11,6 +11,8 @@
 //! that is `jwks`'s job. Keeping them apart lets the Wycheproof vectors,
 //! including their e=3 groups, exercise the primitive directly.
 
+use crate::prelude::*;
+
 use sha2::{Digest, Sha256};
 
 use crate::montgomery;
@@ -21,7 +23,7 @@ const SHA256_DIGEST_INFO: [u8; 19] = [
     0x00, 0x04, 0x20,
 ];
 /// Moduli the primitive works with, in bits (the key policy is narrower).
-const MODULUS_BITS: std::ops::RangeInclusive<usize> = 1024..=8192;
+const MODULUS_BITS: core::ops::RangeInclusive<usize> = 1024..=8192;
 
 /// Verifies `signature` over `message` with the RSA public key (`n`, `e`)
 /// given as unsigned big-endian bytes (leading zero octets allowed here).

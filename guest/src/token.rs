@@ -3,6 +3,8 @@
 //! Everything here runs before any key is touched, so a malformed token never
 //! makes the guest ask the host for a key set, let alone a refresh.
 
+use crate::prelude::*;
+
 use crate::base64url;
 use crate::json::{self, Object, Value};
 use crate::verify::Rejection;

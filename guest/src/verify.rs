@@ -15,6 +15,8 @@
 //!
 //! The token itself is never logged.
 
+use crate::prelude::*;
+
 use crate::capabilities::{Capabilities, Level};
 use crate::json;
 use crate::jwks::{self, KeyLookup, RsaPublicKey};

@@ -1,6 +1,6 @@
 // The world's imports (`jwks`, `connections`, `log`) in plain JavaScript, for
 // the transpiled policy component. jco maps `gitgazer:ws-handler/*` here
-// (see run.mjs); the WASI imports come from @bytecodealliance/preview2-shim.
+// (see run.mjs); these are the component's only imports (no WASI).
 //
 // State is per case: run.mjs calls `beginCase` before each call into the
 // guest and `endCase` after it.

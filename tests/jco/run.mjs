@@ -9,8 +9,8 @@
 // The component defaults to target/guest/wasm32-wasip2/release/gitgazer_ws_guest.wasm,
 // the bytes the host embeds. It is transpiled into tests/jco/out/ with the
 // world's imports mapped to ./host.mjs (plain JavaScript: an in-memory Map
-// store) and WASI to @bytecodealliance/preview2-shim. Each case gets a fresh
-// instance, as in the wasmtime host.
+// store); the component imports no WASI. Each case gets a fresh instance, as
+// in the wasmtime host.
 
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';

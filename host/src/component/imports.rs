@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{connections, jwks, log, types};
 use crate::keys::KeySetSource;
@@ -25,9 +23,10 @@ pub struct Capabilities {
 }
 
 /// Store data for one guest instance (one request).
+///
+/// No WASI: the world's imports are the guest's only capabilities, so a
+/// request builds no WASI context (and seeds no random generator).
 pub struct RequestState {
-    wasi: WasiCtx,
-    table: ResourceTable,
     pub(super) limits: StoreLimits,
     caps: Capabilities,
     request_id: String,
@@ -46,10 +45,6 @@ pub struct RequestState {
 impl RequestState {
     pub fn new(caps: Capabilities, request_id: String, max_memory_bytes: usize) -> Self {
         Self {
-            // Deny by default: no preopens, no env, no args, no network, no
-            // stdio inheritance. Only what Rust's std links against exists.
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(max_memory_bytes)
                 .instances(32)
@@ -82,15 +77,6 @@ impl RequestState {
         let output = future.await;
         self.waiting += started.elapsed();
         output
-    }
-}
-
-impl WasiView for RequestState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
     }
 }
 

@@ -71,9 +71,9 @@ impl PolicyRuntime {
         let engine = build_engine(&options)?;
         let (component, loaded) = load_component(&engine, &options)?;
         tracing::info!(guest = ?loaded, "policy component loaded");
+        // The world's imports only: no WASI. A component that imports more
+        // (e.g. one built with std) is refused here, naming the import.
         let mut linker: Linker<RequestState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
         WsHandler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| anyhow::anyhow!("linking the world's imports: {e}"))?;
         let pre = linker

@@ -6,12 +6,22 @@
 //! Only meaningful as wasm: natively (a workspace-wide build) it is empty,
 //! since the component's export names do not link as a native library.
 #![cfg(target_arch = "wasm32")]
+// Like the policy: no std, so the component imports the world only.
+#![no_std]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use gitgazer_ws_guest_runtime as _;
 
 mod bindings {
     wit_bindgen::generate!({ path: "../../../wit", world: "ws-handler" });
 }
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use bindings::exports::gitgazer::ws_handler::handler::Guest;
 use bindings::gitgazer::ws_handler::types::{
@@ -29,14 +39,14 @@ impl Guest for Misbehaving {
         let calls = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
         match req.connection_id.as_str() {
             "loop" => loop {
-                std::hint::black_box(calls);
+                core::hint::black_box(calls);
             },
             "trap" => panic!("asked to trap"),
             "grow" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
                     hoard.push(vec![1; 1 << 20]);
-                    std::hint::black_box(&hoard);
+                    core::hint::black_box(&hoard);
                 }
             }
             "recurse" => Response {
@@ -89,7 +99,7 @@ impl Guest for Misbehaving {
 /// Deep recursion the optimiser cannot turn into a loop.
 #[inline(never)]
 fn recurse(depth: u64) -> u64 {
-    let frame = std::hint::black_box([depth; 16]);
+    let frame = core::hint::black_box([depth; 16]);
     if depth == 0 {
         return frame[0];
     }
