@@ -25,8 +25,14 @@ use core::alloc::{GlobalAlloc, Layout};
 /// host; the dlmalloc crate grows on the first allocation).
 struct LibcMalloc;
 
-/// What wasi-libc's `malloc` aligns to.
-const MALLOC_ALIGN: usize = 16;
+/// The alignment std trusts `malloc` with on wasm32 (std's `MIN_ALIGN`).
+const MALLOC_ALIGN: usize = 8;
+
+/// std's rule: `malloc` for alignments it surely provides (a block is at
+/// least as aligned as its size allows), `aligned_alloc` otherwise.
+fn malloc_aligns(align: usize, size: usize) -> bool {
+    align <= MALLOC_ALIGN && align <= size
+}
 
 unsafe extern "C" {
     fn malloc(size: usize) -> *mut u8;
@@ -35,12 +41,13 @@ unsafe extern "C" {
     fn free(ptr: *mut u8);
 }
 
-// SAFETY: libc's functions meet `GlobalAlloc`'s contract for layouts
-// whose alignment `malloc` provides; larger ones go to `aligned_alloc`.
+// SAFETY: libc's functions meet `GlobalAlloc`'s contract for the layouts
+// `malloc_aligns` sends them; the others go to `aligned_alloc` (as in std's
+// allocator for wasi).
 unsafe impl GlobalAlloc for LibcMalloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         unsafe {
-            if layout.align() <= MALLOC_ALIGN {
+            if malloc_aligns(layout.align(), layout.size()) {
                 malloc(layout.size())
             } else {
                 aligned_alloc(layout.align(), layout.size())
@@ -54,7 +61,7 @@ unsafe impl GlobalAlloc for LibcMalloc {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         unsafe {
-            if layout.align() <= MALLOC_ALIGN {
+            if malloc_aligns(layout.align(), new_size) {
                 return realloc(ptr, new_size);
             }
             let new = self.alloc(Layout::from_size_align_unchecked(new_size, layout.align()));
