@@ -8,7 +8,8 @@
 //! ([`parse_value`] plus [`Object::has_duplicates`]).
 //!
 //! Names are compared after unescaping, so `"alg"` and `"\u0061lg"` collide.
-//! Nesting depth is bounded by serde_json's recursion limit (128).
+//! Nesting depth is bounded by serde_json's recursion limit (128, so at most
+//! 127 levels).
 
 use crate::prelude::*;
 

@@ -7,11 +7,9 @@
 //! The policy lives in plain modules that know nothing of WIT, so
 //! `cargo test -p gitgazer-ws-guest` runs natively with in-memory fakes.
 //!
-//! `no_std` (with `alloc`): the component imports the world's interfaces and
-//! nothing else. Rust's std on wasm32-wasip2 links wasi-libc, which imports
-//! about twenty WASI functions (stdio, environment, exit) that the policy
-//! never needs; each import is a function the host resolves on every
-//! instantiation, and one more capability the sandbox has to grant.
+//! On wasm32 the crate is `no_std` (with `alloc`), so the component imports
+//! its world and nothing else; `guest/runtime` supplies what std would and
+//! says why.
 
 // Natively (unit tests, the host's benchmarks) the crate links std as usual.
 #![cfg_attr(target_arch = "wasm32", no_std)]
