@@ -236,7 +236,7 @@ macro_rules! montgomery {
                     let shift = self.n[k - 1].leading_zeros() as usize;
                     let mut n_norm = self.n.clone();
                     shift_left(&mut n_norm, shift);
-                    let top = Wide::from(n_norm[k - 1]);
+                    let top = Reciprocal::new(n_norm[k - 1]);
                     // The dividend x·2^shift·2^(LIMB_BITS·k), 2k limbs and one
                     // more on top; x·2^shift < n' fits in k limbs.
                     let mut z: Vec<Limb> = vec![0; 2 * k + 1];
@@ -246,20 +246,16 @@ macro_rules! montgomery {
                         // The remainder so far is z[j+1..=j+k]; bring down limb j.
                         let window = &mut z[j..=j + k];
                         // The estimate is at most 2 above the true quotient limb.
-                        let estimate = ((Wide::from(window[k]) << LIMB_BITS)
-                            | Wide::from(window[k - 1]))
-                            / top;
-                        let q = estimate.min(Wide::from(Limb::MAX));
-                        // window -= q·n', in two's complement over k + 1 limbs;
-                        // `carry` holds the product's high limb and the borrow.
-                        let mut carry: Wide = 0;
-                        for (z_j, &n_j) in window[..k].iter_mut().zip(&n_norm) {
-                            let product = q * Wide::from(n_j) + carry;
-                            let (difference, borrow) = z_j.overflowing_sub(product as Limb);
-                            *z_j = difference;
-                            carry = (product >> LIMB_BITS) + Wide::from(borrow);
-                        }
-                        window[k] = window[k].wrapping_sub(carry as Limb);
+                        // The remainder is below n', so window[k] <= its top
+                        // limb; when equal, the quotient limb is at most MAX.
+                        let q = if window[k] == top.divisor {
+                            Limb::MAX
+                        } else {
+                            top.divide(window[k], window[k - 1])
+                        };
+                        // window -= q·n' over k + 1 limbs (two's complement).
+                        let (low, high) = window.split_at_mut(k);
+                        high[0] = high[0].wrapping_sub(multiply_subtract(low, &n_norm, q));
                         // Negative (the estimate was too high): add n' back.
                         while window[k] >> (LIMB_BITS - 1) != 0 {
                             let mut carry = false;
@@ -276,6 +272,50 @@ macro_rules! montgomery {
                     z.truncate(k);
                     shift_right(&mut z, shift);
                     z
+                }
+            }
+
+            /// Division of two limbs by one fixed limb with its top bit set,
+            /// by a multiplication with its precomputed reciprocal (Möller and
+            /// Granlund, "Improved division by invariant integers", IEEE Trans.
+            /// Computers 60(2), 2011, algorithm 4). Why by hand: the quotient
+            /// estimates of [`Modulus::to_montgomery`] otherwise each call
+            /// compiler-builtins' generic 128-bit division inside wasm.
+            struct Reciprocal {
+                divisor: Limb,
+                /// ⌊(2^(2·LIMB_BITS) − 1) / divisor⌋ − 2^LIMB_BITS.
+                inverse: Limb,
+            }
+
+            impl Reciprocal {
+                /// `divisor` must have its top bit set.
+                fn new(divisor: Limb) -> Self {
+                    debug_assert!(divisor >> (LIMB_BITS - 1) == 1);
+                    // (2^(2·LIMB_BITS) − 1 − divisor·2^LIMB_BITS) / divisor:
+                    // the quotient is below 2^LIMB_BITS for such a divisor.
+                    let numerator = (Wide::from(!divisor) << LIMB_BITS) | Wide::from(Limb::MAX);
+                    Self {
+                        divisor,
+                        inverse: (numerator / Wide::from(divisor)) as Limb,
+                    }
+                }
+
+                /// ⌊(high·2^LIMB_BITS + low) / divisor⌋ for `high < divisor`.
+                fn divide(&self, high: Limb, low: Limb) -> Limb {
+                    debug_assert!(high < self.divisor);
+                    let d = self.divisor;
+                    let product = Wide::from(self.inverse) * Wide::from(high)
+                        + ((Wide::from(high) << LIMB_BITS) | Wide::from(low));
+                    let mut quotient = ((product >> LIMB_BITS) as Limb).wrapping_add(1);
+                    let mut remainder = low.wrapping_sub(quotient.wrapping_mul(d));
+                    if remainder > product as Limb {
+                        quotient = quotient.wrapping_sub(1);
+                        remainder = remainder.wrapping_add(d);
+                    }
+                    if remainder >= d {
+                        quotient = quotient.wrapping_add(1);
+                    }
+                    quotient
                 }
             }
 
@@ -320,6 +360,54 @@ macro_rules! montgomery {
                     let sum = Wide::from(*t_j) + Wide::from(a_j) * b + Wide::from(carry);
                     *t_j = sum as Limb;
                     carry = (sum >> LIMB_BITS) as Limb;
+                });
+                carry
+            }
+
+            #[cfg(test)]
+            #[test]
+            fn reciprocal_division_matches_plain_division() {
+                let top: Limb = 1 << (LIMB_BITS - 1);
+                let mut divisors = vec![top, top + 1, Limb::MAX, Limb::MAX - 1, top | (top >> 1)];
+                // And pseudo-random ones (xorshift), the top bit forced.
+                let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+                let mut next = move || {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as Limb
+                };
+                divisors.extend((0..200).map(|_| next() | top));
+                for d in divisors {
+                    let reciprocal = Reciprocal::new(d);
+                    let mut highs = vec![0, 1, d / 2, d - 1];
+                    highs.extend((0..20).map(|_| next() % d));
+                    for high in highs {
+                        for low in [0, 1, d - 1, d, Limb::MAX, next(), next()] {
+                            let numerator = (Wide::from(high) << LIMB_BITS) | Wide::from(low);
+                            assert_eq!(
+                                Wide::from(reciprocal.divide(high, low)),
+                                numerator / Wide::from(d),
+                                "({high}·2^{LIMB_BITS} + {low}) / {d}"
+                            );
+                        }
+                    }
+                }
+            }
+
+            /// `t -= a·q` over equally long `t` and `a`; returns what is to be
+            /// subtracted from the limb above `t` (the product's top limb
+            /// plus the borrow; it fits: the top limb of a·q + carry is
+            /// at most MAX − 1 unless its low limb is zero).
+            #[inline(always)]
+            fn multiply_subtract(t: &mut [Limb], a: &[Limb], q: Limb) -> Limb {
+                let q = Wide::from(q);
+                let mut carry: Limb = 0;
+                unrolled(t, a, |t_j, a_j| {
+                    let product = Wide::from(a_j) * q + Wide::from(carry);
+                    let (difference, borrow) = t_j.overflowing_sub(product as Limb);
+                    *t_j = difference;
+                    carry = ((product >> LIMB_BITS) as Limb) + Limb::from(borrow);
                 });
                 carry
             }
