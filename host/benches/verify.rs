@@ -10,7 +10,11 @@
 //!   wide-arithmetic build; `, no deadline`: the same without epoch checks
 //!   (what the guest time budget costs). `guest/verify-token empty`: the same
 //!   call refused before any work, i.e. instantiation + call overhead. Their
-//!   difference is the in-guest verification cost.
+//!   difference is the in-guest cost of the whole token path.
+//! - `guest/verify-token short signature, <build>`: the valid token with its
+//!   signature one byte short, refused by the length check after everything
+//!   but the RS256 arithmetic and hashing. `valid` minus this row is the
+//!   in-guest RS256 check, the same work as `rs256/native rsa 0.10`.
 //! - `guest/verify-token unknown key, <build>`: the token path without the
 //!   signature check (parsing, key set twice: the refetch on an unknown kid).
 //! - `guest/connect`, `guest/connect+disconnect`: the decisions end to end
@@ -131,6 +135,24 @@ fn benches(c: &mut Criterion) {
                         runtime
                             .block_on(handler.verify_token(&unknown, now))
                             .unwrap()
+                    })
+                });
+                let short_signature = {
+                    let (signing_input, signature) = token.rsplit_once('.').unwrap();
+                    let mut signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+                    signature.pop();
+                    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
+                };
+                group.bench_function(format!("verify-token short signature, {name}"), |b| {
+                    b.iter(|| {
+                        let verdict = runtime
+                            .block_on(handler.verify_token(&short_signature, now))
+                            .unwrap();
+                        assert!(matches!(
+                            verdict,
+                            gitgazer_ws::component::Verdict::Invalid { ref reason }
+                                if reason == "bad-signature"
+                        ));
                     })
                 });
                 group.bench_function(format!("verify-token empty, {name}"), |b| {

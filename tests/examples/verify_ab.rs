@@ -13,11 +13,21 @@
 //! `VERIFY_AB_ONLY=<text>` runs only the contestants whose name contains
 //! the text, without timing (to profile one, e.g. under `perf record`).
 //!
-//! Per build it times a valid dev token, an empty one (instance + call,
-//! refused before any work) and a whole CONNECT decision with the embedded
-//! store, each on a fresh instance as in the server: 200 calls a batch, 40
-//! batches. It prints the in-guest verification (valid − empty) against
-//! native `rsa` 0.10, and the instance overhead (empty) against a CONNECT.
+//! Per build it times, each on a fresh instance as in the server (200 calls a
+//! batch, 40 batches):
+//! - a valid dev token;
+//! - the same token with its signature one byte short: the same token path
+//!   (parsing, claims, key set, key policy) up to the signature check, which
+//!   refuses it before any arithmetic;
+//! - an empty token (instance + call, refused before any work);
+//! - a whole CONNECT decision with the embedded store.
+//!
+//! It prints, against native `rsa` 0.10 (SHA-256 and the signature check on
+//! a key parsed once), the in-guest RS256 check (valid − short signature:
+//! the same work as the native row, plus the key's conversion to limbs and
+//! into Montgomery form, which `rsa` precomputes) and the whole in-guest
+//! token path (valid − empty); and the instance overhead (empty) against a
+//! CONNECT.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +60,15 @@ fn main() {
         },
         now,
     );
+    // The same token with a signature one byte short: refused as
+    // `bad-signature` by the length check, after everything but the RS256
+    // arithmetic and hashing.
+    let short_signature = {
+        let (signing_input, signature) = token.rsplit_once('.').expect("a JWT");
+        let mut signature = URL_SAFE_NO_PAD.decode(signature).expect("base64url");
+        signature.pop();
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    };
     let candidates: Vec<(String, EngineOptions)> = {
         let paths: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
         if paths.is_empty() {
@@ -92,8 +111,8 @@ fn main() {
         .collect::<Vec<_>>();
 
     // Contestants: the reference (native `rsa` 0.10 on the same token), then
-    // per build the valid token and the empty one (instance + call, refused
-    // before any work); valid − empty is the in-guest verification.
+    // per build the valid token, the short signature, the empty one and a
+    // CONNECT (see the top of the file).
     let (signing_input, signature) = token.rsplit_once('.').expect("a JWT");
     let signature = URL_SAFE_NO_PAD.decode(signature).expect("base64url");
     let reference = signer.public_key();
@@ -109,16 +128,27 @@ fn main() {
     for (name, handler) in &handlers {
         let (runtime, token) = (&runtime, &token);
         // Pushed in this order per build: the report below relies on it.
-        for (kind, input, valid) in [("valid", token.as_str(), true), ("empty", "", false)] {
+        for (kind, input, expected) in [
+            ("valid", token.as_str(), None),
+            (
+                "short signature",
+                short_signature.as_str(),
+                Some("bad-signature"),
+            ),
+            ("empty", "", Some("missing")),
+        ] {
             contestants.push((
                 format!("{kind}, {name}"),
                 Box::new(move || {
                     let verdict = runtime
                         .block_on(handler.verify_token(input, now))
                         .expect("verification ran");
+                    let refused = match &verdict {
+                        Verdict::Valid { .. } => None,
+                        Verdict::Invalid { reason } => Some(reason.as_str()),
+                    };
                     assert_eq!(
-                        matches!(verdict, Verdict::Valid { .. }),
-                        valid,
+                        refused, expected,
                         "{name}: unexpected verdict on the {kind} token: {verdict:?}"
                     );
                 }),
@@ -179,16 +209,21 @@ fn main() {
         );
     }
     println!(
-        "\nin-guest verification (fastest valid − fastest empty) against native rsa 0.10; \
-         instance + call overhead (fastest empty) against a whole CONNECT (fastest):"
+        "\nagainst native rsa 0.10 (fastest batches): the in-guest RS256 check (valid − short \
+         signature) and the whole in-guest token path (valid − empty); instance + call \
+         overhead (empty) against a whole CONNECT:"
     );
+    let native = fastest[0].as_secs_f64();
     for (index, (name, _)) in handlers.iter().enumerate() {
-        let [valid, empty, connect] = [1, 2, 3].map(|offset| fastest[3 * index + offset]);
-        let in_guest = valid.saturating_sub(empty);
+        let [valid, short, empty, connect] = [1, 2, 3, 4].map(|offset| fastest[4 * index + offset]);
+        let rs256 = valid.saturating_sub(short);
+        let token_path = valid.saturating_sub(empty);
         println!(
-            "{:>10.1?} {:>6.2}×   {:>5.1} %  {name}",
-            in_guest,
-            in_guest.as_secs_f64() / fastest[0].as_secs_f64(),
+            "RS256 {:>8.1?} {:>5.2}×   token path {:>8.1?} {:>5.2}×   overhead {:>5.1} %  {name}",
+            rs256,
+            rs256.as_secs_f64() / native,
+            token_path,
+            token_path.as_secs_f64() / native,
             100.0 * empty.as_secs_f64() / connect.as_secs_f64()
         );
     }
