@@ -75,6 +75,11 @@ impl DevSigner {
         &self.public_key
     }
 
+    /// The key id, as in the key set and in the tokens' headers.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
     /// The public key set (JWKS JSON).
     pub fn jwks(&self) -> &str {
         &self.jwks

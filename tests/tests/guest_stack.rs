@@ -79,11 +79,7 @@ async fn the_deepest_json_the_policy_parses_fits_its_stack() {
     let signer = DevSigner::generate().unwrap();
     let settings = dev_policy_settings();
     let now = unix_now();
-    let kid = serde_json::from_str::<Value>(signer.jwks()).unwrap()["keys"][0]["kid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let header = json!({ "alg": "RS256", "kid": kid }).to_string();
+    let header = json!({ "alg": "RS256", "kid": signer.kid() }).to_string();
     let caps_plain = caps(signer.jwks().to_owned());
 
     // The key set, as deep as the guest parses it.
