@@ -14,7 +14,9 @@
 //! - `guest/verify-token short signature, <build>`: the valid token with its
 //!   signature one byte short, refused by the length check after everything
 //!   but the RS256 arithmetic and hashing. `valid` minus this row is the
-//!   in-guest RS256 check, the same work as `rs256/native rsa 0.10`.
+//!   in-guest RS256 check, the work of `rs256/native rsa 0.10` (plus the
+//!   per-key setup `rsa` precomputes, and the claims check and identity that
+//!   follow a good signature).
 //! - `guest/verify-token unknown key, <build>`: the token path without the
 //!   signature check (parsing, key set twice: the refetch on an unknown kid).
 //! - `guest/connect`, `guest/connect+disconnect`: the decisions end to end

@@ -25,7 +25,8 @@
 //! It prints, against native `rsa` 0.10 (SHA-256 and the signature check on
 //! a key parsed once), the in-guest RS256 check (valid − short signature:
 //! the same work as the native row, plus the key's conversion to limbs and
-//! into Montgomery form, which `rsa` precomputes) and the whole in-guest
+//! into Montgomery form, which `rsa` precomputes, and the claims check and
+//! identity that follow a good signature) and the whole in-guest
 //! token path (valid − empty); and the instance overhead (empty) against a
 //! CONNECT.
 
