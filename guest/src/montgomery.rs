@@ -247,8 +247,9 @@ macro_rules! montgomery {
                         let window = &mut z[j..=j + k];
                         // The estimate is at most 2 above the true quotient limb.
                         // The remainder is below n', so window[k] <= its top
-                        // limb; when equal, the quotient limb is at most MAX.
-                        let q = if window[k] == top.divisor {
+                        // limb; when equal, the quotient limb is at most MAX
+                        // (`>=`: `divide` requires the high limb below it).
+                        let q = if window[k] >= top.divisor {
                             Limb::MAX
                         } else {
                             top.divide(window[k], window[k - 1])
