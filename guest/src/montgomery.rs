@@ -12,8 +12,10 @@
 //! `cfg`.
 //!
 //! Montgomery multiplication (operand scanning: Koç, Acar, Kaliski 1996, two
-//! rows per pass) with a dedicated squaring; the base enters Montgomery form
-//! by one schoolbook division and the result leaves it through the last
+//! rows per pass) with a dedicated squaring, its full-length rows straight-line
+//! code for 2048-bit moduli (what Cognito uses, so what every request runs) and
+//! loops for other sizes (the `Kernels` of each module); the base enters
+//! Montgomery form by one schoolbook division and the result leaves it through the last
 //! product (by the plain base) instead of an extra reduction; variable time:
 //! verification handles only public values (key, signature, message), so
 //! there is no secret to leak through timing. Callers check `base < modulus`,
@@ -24,10 +26,11 @@ pub use limb32::mod_pow;
 #[cfg(any(target_pointer_width = "64", feature = "wide-arithmetic"))]
 pub use limb64::mod_pow;
 
-/// The arithmetic, for one limb type, its double-width type and the block
-/// length of the unrolled inner loops.
+/// The arithmetic, for one limb type, its double-width type, the block
+/// length of the unrolled inner loops, and the number of limbs of a 2048-bit
+/// modulus (a literal: `seq!` unrolls over it).
 macro_rules! montgomery {
-    ($module:ident, $limb:ty, $wide:ty, $block:literal) => {
+    ($module:ident, $limb:ty, $wide:ty, $block:literal, $k2048:literal) => {
         pub mod $module {
             use crate::prelude::*;
 
@@ -41,6 +44,15 @@ macro_rules! montgomery {
             /// as `modulus`. Requires an odd `modulus` without leading zero octets,
             /// `base < modulus` and `exponent != 0`.
             pub fn mod_pow(base: &[u8], exponent: &[u8], modulus: &[u8]) -> Vec<u8> {
+                if modulus.len().div_ceil(LIMB_BYTES) == fixed::K {
+                    mod_pow_with::<fixed::Rows>(base, exponent, modulus)
+                } else {
+                    mod_pow_with::<Loops>(base, exponent, modulus)
+                }
+            }
+
+            /// [`mod_pow`] on the given row kernels.
+            fn mod_pow_with<R: Kernels>(base: &[u8], exponent: &[u8], modulus: &[u8]) -> Vec<u8> {
                 debug_assert!(modulus.first().is_some_and(|&b| b != 0));
                 debug_assert!(modulus.last().is_some_and(|&b| b & 1 == 1));
                 let k = modulus.len().div_ceil(LIMB_BYTES);
@@ -61,29 +73,163 @@ macro_rules! montgomery {
 
                 // Room for a product before reduction.
                 let mut scratch = vec![0; 2 * k];
-                let base_m = m.to_montgomery(&base);
+                let base_m = m.to_montgomery::<R>(&base);
                 let mut acc = base_m.clone();
                 let mut product = vec![0; k];
                 for &bit in leading_bits {
-                    m.square(&acc, &mut product, &mut scratch);
+                    m.square::<R>(&acc, &mut product, &mut scratch);
                     if bit {
-                        m.mul(&product, &base_m, &mut acc, &mut scratch);
+                        m.mul::<R>(&product, &base_m, &mut acc, &mut scratch);
                     } else {
                         core::mem::swap(&mut acc, &mut product);
                     }
                 }
-                m.square(&acc, &mut product, &mut scratch);
+                m.square::<R>(&acc, &mut product, &mut scratch);
                 if last_bit {
                     // (x·R)·base·R⁻¹ = x·base: a last product by the plain
                     // base leaves Montgomery form (odd exponents, 65537).
-                    m.mul(&product, &base, &mut acc, &mut scratch);
+                    m.mul::<R>(&product, &base, &mut acc, &mut scratch);
                 } else {
                     // Out of Montgomery form: x·R·R⁻¹, a reduction of x·R alone.
                     scratch[..k].copy_from_slice(&product);
                     scratch[k..].fill(0);
-                    m.reduce(&mut scratch, &mut acc);
+                    m.reduce::<R>(&mut scratch, &mut acc);
                 }
                 to_bytes(&acc, modulus.len())
+            }
+
+            /// The row operations the Montgomery arithmetic is built from, in
+            /// two sets: [`Loops`] for any length, [`fixed::Rows`] for a
+            /// 2048-bit modulus. The arithmetic is written once, generic over
+            /// the set.
+            trait Kernels {
+                /// The modulus' length in limbs, `k`: a constant for a set
+                /// made for one length, so that the callers' loops and bounds
+                /// checks are resolved at compile time too.
+                fn length(k: usize) -> usize;
+                /// [`multiply_add_2`]'s contract.
+                fn multiply_add_2(
+                    t: &mut [Limb],
+                    a: &[Limb],
+                    b: [Limb; 2],
+                    carry_in: Limb,
+                    top_in: Limb,
+                ) -> Wide;
+                /// [`multiply_subtract`]'s contract.
+                fn multiply_subtract(t: &mut [Limb], a: &[Limb], q: Limb) -> Limb;
+            }
+
+            /// Loops over any length (unrolled in blocks, see [`unrolled`]).
+            struct Loops;
+
+            impl Kernels for Loops {
+                #[inline(always)]
+                fn length(k: usize) -> usize {
+                    k
+                }
+
+                #[inline(always)]
+                fn multiply_add_2(
+                    t: &mut [Limb],
+                    a: &[Limb],
+                    b: [Limb; 2],
+                    carry_in: Limb,
+                    top_in: Limb,
+                ) -> Wide {
+                    multiply_add_2(t, a, b, carry_in, top_in)
+                }
+
+                #[inline(always)]
+                fn multiply_subtract(t: &mut [Limb], a: &[Limb], q: Limb) -> Limb {
+                    multiply_subtract(t, a, q)
+                }
+            }
+
+            /// Kernels for a modulus of [`fixed::K`] limbs (2048 bits): a row of
+            /// K limbs is one straight-line function.
+            ///
+            /// Why: in a loop over a runtime length, the compiled wasm computes
+            /// every limb's address with an add of its own, pays an epoch check
+            /// per block, and (inlined into the callers) keeps more values alive
+            /// than there are registers, so Cranelift reloads the multipliers
+            /// from the stack at every limb. Out of line and unrolled for a known
+            /// length, each access is a load at a constant offset and the
+            /// multipliers stay in registers: about 15 % off the RS256 check in
+            /// both builds (BENCHMARKS.md).
+            mod fixed {
+                use super::{
+                    Kernels, LIMB_BITS, Limb, Wide, multiply_add_2, multiply_subtract,
+                    subtract_step, two_rows_step, two_rows_top,
+                };
+
+                /// Limbs of a 2048-bit modulus.
+                pub const K: usize = $k2048;
+
+                pub struct Rows;
+
+                impl Kernels for Rows {
+                    #[inline(always)]
+                    fn length(k: usize) -> usize {
+                        debug_assert_eq!(k, K);
+                        K
+                    }
+
+                    /// Rows of K limbs (products and reductions) run straight;
+                    /// a square's shorter cross-product rows take the loop:
+                    /// one function per length measured slower than the loop
+                    /// (16 more functions, each run once per square).
+                    #[inline(always)]
+                    fn multiply_add_2(
+                        t: &mut [Limb],
+                        a: &[Limb],
+                        b: [Limb; 2],
+                        carry_in: Limb,
+                        top_in: Limb,
+                    ) -> Wide {
+                        match (t.try_into(), a.try_into()) {
+                            (Ok(t), Ok(a)) => two_rows(t, a, b, carry_in, top_in),
+                            _ => multiply_add_2(t, a, b, carry_in, top_in),
+                        }
+                    }
+
+                    #[inline(always)]
+                    fn multiply_subtract(t: &mut [Limb], a: &[Limb], q: Limb) -> Limb {
+                        match (t.try_into(), a.try_into()) {
+                            (Ok(t), Ok(a)) => subtract_row(t, a, q),
+                            _ => multiply_subtract(t, a, q),
+                        }
+                    }
+                }
+
+                /// [`multiply_add_2`] over K limbs of `a` (and K + 1 of `t`).
+                #[inline(never)]
+                fn two_rows(
+                    t: &mut [Limb; K + 1],
+                    a: &[Limb; K],
+                    b: [Limb; 2],
+                    carry_in: Limb,
+                    top_in: Limb,
+                ) -> Wide {
+                    let (b0, b1) = (Wide::from(b[0]), Wide::from(b[1]));
+                    let sum = Wide::from(t[0]) + Wide::from(a[0]) * b0 + Wide::from(carry_in);
+                    t[0] = sum as Limb;
+                    let (mut carry_0, mut carry_1) = ((sum >> LIMB_BITS) as Limb, 0);
+                    seq_macro::seq!(J in 1..$k2048 {
+                        t[J] = two_rows_step(t[J], a[J], a[J - 1], b0, b1, &mut carry_0, &mut carry_1);
+                    });
+                    two_rows_top(&mut t[K], a[K - 1], b1, carry_0, carry_1, top_in)
+                }
+
+                /// [`multiply_subtract`] over K limbs.
+                #[inline(never)]
+                fn subtract_row(t: &mut [Limb; K], a: &[Limb; K], q: Limb) -> Limb {
+                    let q = Wide::from(q);
+                    let mut carry: Limb = 0;
+                    seq_macro::seq!(J in 0..$k2048 {
+                        t[J] = subtract_step(t[J], a[J], q, &mut carry);
+                    });
+                    carry
+                }
             }
 
             struct Modulus {
@@ -112,8 +258,14 @@ macro_rules! montgomery {
 
                 /// `out = a·b·R⁻¹ mod n` for `a, b < n` (R = 2^(LIMB_BITS·k)):
                 /// the full product, then [`Self::reduce`]. `scratch`: 2k limbs.
-                fn mul(&self, a: &[Limb], b: &[Limb], out: &mut [Limb], scratch: &mut [Limb]) {
-                    let k = self.n.len();
+                fn mul<R: Kernels>(
+                    &self,
+                    a: &[Limb],
+                    b: &[Limb],
+                    out: &mut [Limb],
+                    scratch: &mut [Limb],
+                ) {
+                    let k = R::length(self.n.len());
                     let (a, b, t) = (&a[..k], &b[..k], &mut scratch[..2 * k]);
                     t.fill(0);
                     // Rows i and i + 1 together reach limb i + k; their carry
@@ -121,21 +273,21 @@ macro_rules! montgomery {
                     // below 2^(LIMB_BITS·(i + k + 2))).
                     let mut i = 0;
                     while i + 2 <= k {
-                        let carry = multiply_add_2(&mut t[i..=i + k], a, [b[i], b[i + 1]], 0, 0);
+                        let carry = R::multiply_add_2(&mut t[i..=i + k], a, [b[i], b[i + 1]], 0, 0);
                         t[i + k + 1] = carry as Limb;
                         i += 2;
                     }
                     if i < k {
                         t[i + k] = multiply_add(&mut t[i..i + k], a, b[i]);
                     }
-                    self.reduce(t, out);
+                    self.reduce::<R>(t, out);
                 }
 
                 /// `out = a²·R⁻¹ mod n` for `a < n`; `scratch` holds 2k limbs.
                 /// Cheaper than `mul(a, a)`: each cross product a_i·a_j is
                 /// computed once and doubled (about 3/4 of the limb products).
-                fn square(&self, a: &[Limb], out: &mut [Limb], scratch: &mut [Limb]) {
-                    let k = self.n.len();
+                fn square<R: Kernels>(&self, a: &[Limb], out: &mut [Limb], scratch: &mut [Limb]) {
+                    let k = R::length(self.n.len());
                     let (a, t) = (&a[..k], &mut scratch[..2 * k]);
                     t.fill(0);
                     // Cross products: t = Σ_{i<j} a_i·a_j·2^(LIMB_BITS·(i+j)). Row i
@@ -147,7 +299,7 @@ macro_rules! montgomery {
                         let first =
                             Wide::from(t[2 * i + 1]) + Wide::from(a[i + 1]) * Wide::from(a[i]);
                         t[2 * i + 1] = first as Limb;
-                        let carry = multiply_add_2(
+                        let carry = R::multiply_add_2(
                             &mut t[2 * i + 2..=i + k],
                             &a[i + 2..],
                             [a[i], a[i + 1]],
@@ -176,13 +328,13 @@ macro_rules! montgomery {
                         pair[1] = high as Limb;
                         carry = high >> LIMB_BITS;
                     }
-                    self.reduce(t, out);
+                    self.reduce::<R>(t, out);
                 }
 
                 /// `out = t·R⁻¹ mod n` for a 2k-limb `t < n·R` (Montgomery
                 /// reduction, operand scanning); `t` is overwritten.
-                fn reduce(&self, t: &mut [Limb], out: &mut [Limb]) {
-                    let k = self.n.len();
+                fn reduce<R: Kernels>(&self, t: &mut [Limb], out: &mut [Limb]) {
+                    let k = R::length(self.n.len());
                     let (n, t) = (&self.n[..k], &mut t[..2 * k]);
                     // Row i adds m_i·n from limb i, m_i chosen to make limb i zero.
                     // `overflow` is what rose above the last row's carry: it
@@ -198,7 +350,7 @@ macro_rules! montgomery {
                             + Wide::from(n[1]) * Wide::from(m0)
                             + (limb_i >> LIMB_BITS);
                         let m1 = (limb_i1 as Limb).wrapping_mul(self.n0_inv);
-                        let carry = multiply_add_2(&mut t[i..=i + k], n, [m0, m1], 0, overflow);
+                        let carry = R::multiply_add_2(&mut t[i..=i + k], n, [m0, m1], 0, overflow);
                         let sum = Wide::from(t[i + k + 1]) + carry;
                         t[i + k + 1] = sum as Limb;
                         overflow = (sum >> LIMB_BITS) as Limb;
@@ -231,8 +383,8 @@ macro_rules! montgomery {
                 /// product by R² mod n, which itself needs a division twice as
                 /// long. The division needs a divisor whose top bit is set, so it
                 /// runs on n' = n·2^shift, where (y·2^shift) mod n' = (y mod n)·2^shift.
-                fn to_montgomery(&self, x: &[Limb]) -> Vec<Limb> {
-                    let k = self.n.len();
+                fn to_montgomery<R: Kernels>(&self, x: &[Limb]) -> Vec<Limb> {
+                    let k = R::length(self.n.len());
                     let shift = self.n[k - 1].leading_zeros() as usize;
                     let mut n_norm = self.n.clone();
                     shift_left(&mut n_norm, shift);
@@ -256,7 +408,7 @@ macro_rules! montgomery {
                         };
                         // window -= q·n' over k + 1 limbs (two's complement).
                         let (low, high) = window.split_at_mut(k);
-                        high[0] = high[0].wrapping_sub(multiply_subtract(low, &n_norm, q));
+                        high[0] = high[0].wrapping_sub(R::multiply_subtract(low, &n_norm, q));
                         // Negative (the estimate was too high): add n' back.
                         while window[k] >> (LIMB_BITS - 1) != 0 {
                             let mut carry = false;
@@ -404,13 +556,18 @@ macro_rules! montgomery {
             fn multiply_subtract(t: &mut [Limb], a: &[Limb], q: Limb) -> Limb {
                 let q = Wide::from(q);
                 let mut carry: Limb = 0;
-                unrolled(t, a, |t_j, a_j| {
-                    let product = Wide::from(a_j) * q + Wide::from(carry);
-                    let (difference, borrow) = t_j.overflowing_sub(product as Limb);
-                    *t_j = difference;
-                    carry = ((product >> LIMB_BITS) as Limb) + Limb::from(borrow);
-                });
+                unrolled(t, a, |t_j, a_j| *t_j = subtract_step(*t_j, a_j, q, &mut carry));
                 carry
+            }
+
+            /// One limb of [`multiply_subtract`]: `t_j − a_j·q − carry`, the
+            /// product's high limb and the borrow carried on.
+            #[inline(always)]
+            fn subtract_step(t_j: Limb, a_j: Limb, q: Wide, carry: &mut Limb) -> Limb {
+                let product = Wide::from(a_j) * q + Wide::from(*carry);
+                let (difference, borrow) = t_j.overflowing_sub(product as Limb);
+                *carry = ((product >> LIMB_BITS) as Limb) + Limb::from(borrow);
+                difference
             }
 
             /// Two rows at once: `t += a·b[0] + a·b[1]·2^LIMB_BITS + carry_in
@@ -443,19 +600,46 @@ macro_rules! montgomery {
                     carry_0 = (sum >> LIMB_BITS) as Limb;
                     a_previous = a_0;
                     unrolled(t_rest, a_rest, |t_j, a_j| {
-                        let sum_0 = Wide::from(*t_j) + Wide::from(a_j) * b0 + Wide::from(carry_0);
-                        carry_0 = (sum_0 >> LIMB_BITS) as Limb;
-                        let sum_1 = Wide::from(sum_0 as Limb)
-                            + Wide::from(a_previous) * b1
-                            + Wide::from(carry_1);
-                        *t_j = sum_1 as Limb;
-                        carry_1 = (sum_1 >> LIMB_BITS) as Limb;
+                        *t_j = two_rows_step(*t_j, a_j, a_previous, b0, b1, &mut carry_0, &mut carry_1);
                         a_previous = a_j;
                     });
                 }
-                let sum_0 = Wide::from(*top) + Wide::from(carry_0) + Wide::from(top_in);
+                two_rows_top(top, a_previous, b1, carry_0, carry_1, top_in)
+            }
+
+            /// One limb of [`multiply_add_2`]: `t_j` plus row 0's product
+            /// `a_j·b0` and row 1's `a_previous·b1`, with each row's carry.
+            #[inline(always)]
+            fn two_rows_step(
+                t_j: Limb,
+                a_j: Limb,
+                a_previous: Limb,
+                b0: Wide,
+                b1: Wide,
+                carry_0: &mut Limb,
+                carry_1: &mut Limb,
+            ) -> Limb {
+                let sum_0 = Wide::from(t_j) + Wide::from(a_j) * b0 + Wide::from(*carry_0);
+                *carry_0 = (sum_0 >> LIMB_BITS) as Limb;
                 let sum_1 =
-                    Wide::from(sum_0 as Limb) + Wide::from(a_previous) * b1 + Wide::from(carry_1);
+                    Wide::from(sum_0 as Limb) + Wide::from(a_previous) * b1 + Wide::from(*carry_1);
+                *carry_1 = (sum_1 >> LIMB_BITS) as Limb;
+                sum_1 as Limb
+            }
+
+            /// The last limb of [`multiply_add_2`]: row 0's carry and `top_in`,
+            /// row 1's last product `a_last·b1`; returns the carry out.
+            #[inline(always)]
+            fn two_rows_top(
+                top: &mut Limb,
+                a_last: Limb,
+                b1: Wide,
+                carry_0: Limb,
+                carry_1: Limb,
+                top_in: Limb,
+            ) -> Wide {
+                let sum_0 = Wide::from(*top) + Wide::from(carry_0) + Wide::from(top_in);
+                let sum_1 = Wide::from(sum_0 as Limb) + Wide::from(a_last) * b1 + Wide::from(carry_1);
                 *top = sum_1 as Limb;
                 (sum_0 >> LIMB_BITS) + (sum_1 >> LIMB_BITS)
             }
@@ -529,8 +713,8 @@ macro_rules! montgomery {
     };
 }
 
-montgomery!(limb32, u32, u64, 16);
-montgomery!(limb64, u64, u128, 8);
+montgomery!(limb32, u32, u64, 16, 64);
+montgomery!(limb64, u64, u128, 8, 32);
 
 #[cfg(test)]
 mod tests {
