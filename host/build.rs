@@ -21,7 +21,13 @@ use wasm_package::Variant;
 
 const PACKAGE: &str = "gitgazer-ws-guest";
 const ARTIFACT: &str = "gitgazer_ws_guest";
-const WATCHED: &[&str] = &["guest/src", "guest/Cargo.toml", "guest/runtime", "wit"];
+const WATCHED: &[&str] = &[
+    "guest/src",
+    "guest/build.rs",
+    "guest/Cargo.toml",
+    "guest/runtime",
+    "wit",
+];
 
 const WIDE: Variant = Variant {
     target_subdir: "guest-wide",

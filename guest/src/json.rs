@@ -8,8 +8,7 @@
 //! ([`parse_value`] plus [`Object::has_duplicates`]).
 //!
 //! Names are compared after unescaping, so `"alg"` and `"\u0061lg"` collide.
-//! Nesting depth is bounded by serde_json's recursion limit (128, so at most
-//! 127 levels).
+//! Nesting is bounded by [`MAX_NESTING`]; deeper documents are refused.
 
 use crate::prelude::*;
 
@@ -17,7 +16,14 @@ use alloc::collections::BTreeMap;
 use alloc::collections::btree_map::Entry;
 use core::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// The deepest nesting of arrays and objects parsed, the outermost counting
+/// as one level; deeper documents are refused as not JSON. Cognito's id
+/// tokens and key sets nest three levels deep. The bound sets what the
+/// guest's stack must hold, as the parse recurses once per level (see
+/// guest/build.rs): serde_json's own limit, 127 levels, needed over 32 KiB.
+pub const MAX_NESTING: usize = 16;
 
 /// A parsed JSON value.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,7 +129,15 @@ pub enum JsonError {
 
 /// Parses any JSON document, keeping duplicate-name flags on objects.
 pub fn parse_value(bytes: &[u8]) -> Result<Value, JsonError> {
-    serde_json::from_slice(bytes).map_err(|_| JsonError::Syntax)
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = ValueSeed {
+        levels_left: MAX_NESTING,
+    }
+    .deserialize(&mut deserializer)
+    .map_err(|_| JsonError::Syntax)?;
+    // Only whitespace may follow the value.
+    deserializer.end().map_err(|_| JsonError::Syntax)?;
+    Ok(value)
 }
 
 /// Parses a document that must be an object in which no object, at any depth,
@@ -138,11 +152,39 @@ pub fn parse_object_strict(bytes: &[u8]) -> Result<Object, JsonError> {
 
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ValueVisitor)
+        ValueSeed {
+            levels_left: MAX_NESTING,
+        }
+        .deserialize(deserializer)
     }
 }
 
-struct ValueVisitor;
+/// A value with at most `levels_left` levels of arrays and objects.
+#[derive(Clone, Copy)]
+struct ValueSeed {
+    levels_left: usize,
+}
+
+impl ValueSeed {
+    /// The seed for the members of an array or object, or an error when it
+    /// would nest past [`MAX_NESTING`].
+    fn inner<E: de::Error>(self) -> Result<ValueSeed, E> {
+        match self.levels_left.checked_sub(1) {
+            Some(levels_left) => Ok(ValueSeed { levels_left }),
+            None => Err(E::custom("JSON nested too deeply")),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(ValueVisitor(self))
+    }
+}
+
+struct ValueVisitor(ValueSeed);
 
 impl<'de> Visitor<'de> for ValueVisitor {
     type Value = Value;
@@ -185,17 +227,19 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = self.0.inner()?;
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Value>()? {
+        while let Some(item) = seq.next_element_seed(inner)? {
             items.push(item);
         }
         Ok(Value::Array(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let inner = self.0.inner()?;
         let mut object = Object::default();
         while let Some(name) = map.next_key::<String>()? {
-            let value = map.next_value::<Value>()?;
+            let value = map.next_value_seed(inner)?;
             match object.members.entry(name) {
                 Entry::Occupied(_) => object.duplicate_name = true,
                 Entry::Vacant(slot) => {
@@ -263,6 +307,33 @@ mod tests {
     fn deep_nesting_is_refused_not_overflowed() {
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(parse_object_strict(deep.as_bytes()), Err(JsonError::Syntax));
+    }
+
+    #[test]
+    fn nesting_is_bounded_at_max_nesting_levels() {
+        // An object holding arrays and objects in turn, `levels` deep in all.
+        let nested = |levels: usize| {
+            let (mut open, mut close) = (String::from("{\"a\":"), String::from("}"));
+            for level in 1..levels {
+                let (o, c) = if level % 2 == 1 { ("[", "]") } else { ("{\"b\":", "}") };
+                open.push_str(o);
+                close.insert_str(0, c);
+            }
+            format!("{open}0{close}")
+        };
+        assert!(parse_object_strict(nested(1).as_bytes()).is_ok());
+        assert!(parse_object_strict(nested(MAX_NESTING).as_bytes()).is_ok());
+        assert_eq!(
+            parse_object_strict(nested(MAX_NESTING + 1).as_bytes()),
+            Err(JsonError::Syntax)
+        );
+        // Scalars and empty containers at the deepest level count alike.
+        let deepest_empty = nested(MAX_NESTING).replace('0', "[]");
+        assert_eq!(
+            parse_object_strict(deepest_empty.as_bytes()),
+            Err(JsonError::Syntax)
+        );
+        assert_eq!(parse_value(b"[]"), Ok(Value::Array(vec![])));
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! The guest's stack (rustc's default for wasm32, 1 MiB, first in linear
-//! memory so an overflow traps) holds the deepest JSON the policy parses, in
-//! both builds: serde_json's recursion limit (127 levels of nesting) in the
-//! claims, which are parsed before the signature is checked (so anyone can
-//! send them), and in the key set. Deeper JSON is refused as malformed;
-//! nothing traps.
+//! The guest's stack (16 KiB, first in linear memory so an overflow traps:
+//! guest/build.rs) holds the deepest JSON the policy parses, in both builds:
+//! `json::MAX_NESTING` (16) levels of nesting in the claims, which are parsed
+//! before the signature is checked (so anyone can send them), and in the key
+//! set. Deeper JSON is refused as malformed; nothing traps. (With
+//! serde_json's own limit, 127 levels, this test failed on a 32 KiB stack.)
 
 use std::sync::Arc;
 
@@ -16,9 +16,8 @@ use gitgazer_ws::store::MemoryStore;
 use gitgazer_ws_tests::{hand_made_token, test_cache_dir, unix_now};
 use serde_json::{Value, json};
 
-/// The deepest nesting serde_json parses (its limit of 128 refuses the
-/// 128th level), counting the enclosing object.
-const DEEPEST: usize = 127;
+/// The deepest nesting the policy parses, counting the enclosing object.
+const DEEPEST: usize = gitgazer_ws_guest::json::MAX_NESTING;
 
 /// `[[...[0]...]]`, `depth` arrays deep.
 fn nested(depth: usize) -> Value {
