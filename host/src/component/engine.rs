@@ -61,7 +61,8 @@ pub struct EngineOptions {
     pub keep_resident_bytes: usize,
     /// Pooling only, Linux ≥ 6.7: reset only the pages a request dirtied
     /// (the `PAGEMAP_SCAN` ioctl) instead of all `keep_resident_bytes`.
-    /// Ignored where the kernel lacks it.
+    /// Ignored where the kernel lacks it. Pays for guests with a large
+    /// memory; the policy's is one page, so it is off by default.
     pub pagemap_scan: bool,
     /// Which build of the embedded policy to run (ignored with `component`).
     pub guest_build: GuestBuild,
@@ -81,12 +82,13 @@ impl Default for EngineOptions {
             precompiled: None,
             cache_dir: default_cache_dir(),
             pooling: true,
-            // See BENCHMARKS.md (instantiation): a request touches about
-            // 1.2 MiB (the guest's 1 MiB stack comes first, then data and
-            // heap); 4 MiB covers it with room. With the page scan only
-            // dirtied pages are reset, so a bigger window costs nothing.
+            // See BENCHMARKS.md (instance overhead). The policy's memory is
+            // one 64 KiB page (its stack is 16 KiB: guest/build.rs); copying
+            // it back from the image costs less than asking the kernel which
+            // pages were written (one `PAGEMAP_SCAN` ioctl, about 2.5 µs
+            // here). 4 MiB bounds what a grown memory keeps mapped.
             keep_resident_bytes: 4 << 20,
-            pagemap_scan: true,
+            pagemap_scan: false,
             guest_build: GuestBuild::Auto,
             enforce_guest_time_budget: true,
         }
