@@ -315,7 +315,11 @@ mod tests {
         let nested = |levels: usize| {
             let (mut open, mut close) = (String::from("{\"a\":"), String::from("}"));
             for level in 1..levels {
-                let (o, c) = if level % 2 == 1 { ("[", "]") } else { ("{\"b\":", "}") };
+                let (o, c) = if level % 2 == 1 {
+                    ("[", "]")
+                } else {
+                    ("{\"b\":", "}")
+                };
                 open.push_str(o);
                 close.insert_str(0, c);
             }

@@ -215,7 +215,8 @@ macro_rules! montgomery {
                     t[0] = sum as Limb;
                     let (mut carry_0, mut carry_1) = ((sum >> LIMB_BITS) as Limb, 0);
                     seq_macro::seq!(J in 1..$k2048 {
-                        t[J] = two_rows_step(t[J], a[J], a[J - 1], b0, b1, &mut carry_0, &mut carry_1);
+                        let carries = (&mut carry_0, &mut carry_1);
+                        t[J] = two_rows_step(t[J], a[J], a[J - 1], b0, b1, carries);
                     });
                     two_rows_top(&mut t[K], a[K - 1], b1, carry_0, carry_1, top_in)
                 }
@@ -600,7 +601,8 @@ macro_rules! montgomery {
                     carry_0 = (sum >> LIMB_BITS) as Limb;
                     a_previous = a_0;
                     unrolled(t_rest, a_rest, |t_j, a_j| {
-                        *t_j = two_rows_step(*t_j, a_j, a_previous, b0, b1, &mut carry_0, &mut carry_1);
+                        let carries = (&mut carry_0, &mut carry_1);
+                        *t_j = two_rows_step(*t_j, a_j, a_previous, b0, b1, carries);
                         a_previous = a_j;
                     });
                 }
@@ -616,8 +618,7 @@ macro_rules! montgomery {
                 a_previous: Limb,
                 b0: Wide,
                 b1: Wide,
-                carry_0: &mut Limb,
-                carry_1: &mut Limb,
+                (carry_0, carry_1): (&mut Limb, &mut Limb),
             ) -> Limb {
                 let sum_0 = Wide::from(t_j) + Wide::from(a_j) * b0 + Wide::from(*carry_0);
                 *carry_0 = (sum_0 >> LIMB_BITS) as Limb;
@@ -639,7 +640,8 @@ macro_rules! montgomery {
                 top_in: Limb,
             ) -> Wide {
                 let sum_0 = Wide::from(*top) + Wide::from(carry_0) + Wide::from(top_in);
-                let sum_1 = Wide::from(sum_0 as Limb) + Wide::from(a_last) * b1 + Wide::from(carry_1);
+                let sum_1 =
+                    Wide::from(sum_0 as Limb) + Wide::from(a_last) * b1 + Wide::from(carry_1);
                 *top = sum_1 as Limb;
                 (sum_0 >> LIMB_BITS) + (sum_1 >> LIMB_BITS)
             }
