@@ -12,14 +12,15 @@
 //! `cfg`.
 //!
 //! Montgomery multiplication (operand scanning: Koç, Acar, Kaliski 1996, two
-//! rows per pass) with a dedicated squaring, its full-length rows straight-line
-//! code for 2048-bit moduli (what Cognito uses, so what every request runs) and
-//! loops for other sizes (the `Kernels` of each module); the base enters
-//! Montgomery form by one schoolbook division and the result leaves it through the last
-//! product (by the plain base) instead of an extra reduction; variable time:
-//! verification handles only public values (key, signature, message), so
-//! there is no secret to leak through timing. Callers check `base < modulus`,
-//! an odd modulus and a non-zero exponent before calling.
+//! rows per pass) with a dedicated squaring, its full-length rows
+//! straight-line code for 2048-bit moduli (what Cognito uses, so what every
+//! request runs) and loops for other sizes (the `Kernels` of each module); the
+//! base enters Montgomery form by one schoolbook division and the result
+//! leaves it through the last product (by the plain base) instead of an
+//! extra reduction; variable time: verification handles only public values
+//! (key, signature, message), so there is no secret to leak through timing.
+//! Callers check `base < modulus`, an odd modulus and a non-zero exponent
+//! before calling.
 
 #[cfg(not(any(target_pointer_width = "64", feature = "wide-arithmetic")))]
 pub use limb32::mod_pow;
@@ -99,35 +100,19 @@ macro_rules! montgomery {
             }
 
             /// The row operations the Montgomery arithmetic is built from, in
-            /// two sets: [`Loops`] for any length, [`fixed::Rows`] for a
-            /// 2048-bit modulus. The arithmetic is written once, generic over
-            /// the set.
+            /// two sets: [`Loops`] for any length (the defaults here),
+            /// [`fixed::Rows`] for a 2048-bit modulus. The arithmetic is
+            /// written once, generic over the set.
             trait Kernels {
                 /// The modulus' length in limbs, `k`: a constant for a set
                 /// made for one length, so that the callers' loops and bounds
                 /// checks are resolved at compile time too.
-                fn length(k: usize) -> usize;
-                /// [`multiply_add_2`]'s contract.
-                fn multiply_add_2(
-                    t: &mut [Limb],
-                    a: &[Limb],
-                    b: [Limb; 2],
-                    carry_in: Limb,
-                    top_in: Limb,
-                ) -> Wide;
-                /// [`multiply_subtract`]'s contract.
-                fn multiply_subtract(t: &mut [Limb], a: &[Limb], q: Limb) -> Limb;
-            }
-
-            /// Loops over any length (unrolled in blocks, see [`unrolled`]).
-            struct Loops;
-
-            impl Kernels for Loops {
                 #[inline(always)]
                 fn length(k: usize) -> usize {
                     k
                 }
 
+                /// [`multiply_add_2`].
                 #[inline(always)]
                 fn multiply_add_2(
                     t: &mut [Limb],
@@ -139,11 +124,17 @@ macro_rules! montgomery {
                     multiply_add_2(t, a, b, carry_in, top_in)
                 }
 
+                /// [`multiply_subtract`].
                 #[inline(always)]
                 fn multiply_subtract(t: &mut [Limb], a: &[Limb], q: Limb) -> Limb {
                     multiply_subtract(t, a, q)
                 }
             }
+
+            /// Loops over any length (unrolled in blocks, see [`unrolled`]).
+            struct Loops;
+
+            impl Kernels for Loops {}
 
             /// Kernels for a modulus of [`fixed::K`] limbs (2048 bits): a row of
             /// K limbs is one straight-line function.
