@@ -331,7 +331,8 @@ mod tests {
             parse_object_strict(nested(MAX_NESTING + 1).as_bytes()),
             Err(JsonError::Syntax)
         );
-        // Scalars and empty containers at the deepest level count alike.
+        // An empty array is a level too: in place of the deepest scalar it
+        // is one level too many.
         let deepest_empty = nested(MAX_NESTING).replace('0', "[]");
         assert_eq!(
             parse_object_strict(deepest_empty.as_bytes()),
