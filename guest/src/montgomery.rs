@@ -50,7 +50,7 @@ macro_rules! montgomery {
             kernels!();
             fixed!($k2048);
             modulus!();
-            reciprocal!();
+            division!();
             rows!($block);
             helpers!();
         }
@@ -255,7 +255,7 @@ macro_rules! fixed {
     };
 }
 
-/// `Modulus`: Montgomery products, reductions and the way into Montgomery form.
+/// `Modulus`: Montgomery products and reductions.
 macro_rules! modulus {
     () => {
         struct Modulus {
@@ -398,7 +398,15 @@ macro_rules! modulus {
                     subtract(out, &self.n);
                 }
             }
+        }
+    };
+}
 
+/// The way into Montgomery form: `Modulus::to_montgomery`, a long division
+/// on a normalized divisor whose quotient estimates `Reciprocal` computes.
+macro_rules! division {
+    () => {
+        impl Modulus {
             /// `x·R mod n` for `x < n`: x in Montgomery form.
             ///
             /// The remainder of x·2^(LIMB_BITS·k) by schoolbook long division
@@ -451,12 +459,7 @@ macro_rules! modulus {
                 z
             }
         }
-    };
-}
 
-/// `Reciprocal`: two-limb by one-limb division, for `Modulus::to_montgomery`.
-macro_rules! reciprocal {
-    () => {
         /// Division of two limbs by one fixed limb with its top bit set,
         /// by a multiplication with its precomputed reciprocal (Möller and
         /// Granlund, "Improved division by invariant integers", IEEE Trans.
@@ -498,6 +501,32 @@ macro_rules! reciprocal {
                     quotient = quotient.wrapping_add(1);
                 }
                 quotient
+            }
+        }
+
+        /// `x <<= shift` for `shift < LIMB_BITS`, bits above the top limb dropped.
+        fn shift_left(x: &mut [Limb], shift: usize) {
+            if shift == 0 {
+                return;
+            }
+            for i in (0..x.len()).rev() {
+                let below = if i > 0 {
+                    x[i - 1] >> (LIMB_BITS - shift)
+                } else {
+                    0
+                };
+                x[i] = (x[i] << shift) | below;
+            }
+        }
+
+        /// `x >>= shift` for `shift < LIMB_BITS`.
+        fn shift_right(x: &mut [Limb], shift: usize) {
+            if shift == 0 {
+                return;
+            }
+            for i in 0..x.len() {
+                let above = x.get(i + 1).map_or(0, |&limb| limb << (LIMB_BITS - shift));
+                x[i] = (x[i] >> shift) | above;
             }
         }
 
@@ -682,35 +711,9 @@ macro_rules! rows {
     };
 }
 
-/// Byte conversions, comparison, subtraction and shifts of limb vectors.
+/// Byte conversions, comparison and subtraction of limb vectors.
 macro_rules! helpers {
     () => {
-        /// `x <<= shift` for `shift < LIMB_BITS`, bits above the top limb dropped.
-        fn shift_left(x: &mut [Limb], shift: usize) {
-            if shift == 0 {
-                return;
-            }
-            for i in (0..x.len()).rev() {
-                let below = if i > 0 {
-                    x[i - 1] >> (LIMB_BITS - shift)
-                } else {
-                    0
-                };
-                x[i] = (x[i] << shift) | below;
-            }
-        }
-
-        /// `x >>= shift` for `shift < LIMB_BITS`.
-        fn shift_right(x: &mut [Limb], shift: usize) {
-            if shift == 0 {
-                return;
-            }
-            for i in 0..x.len() {
-                let above = x.get(i + 1).map_or(0, |&limb| limb << (LIMB_BITS - shift));
-                x[i] = (x[i] >> shift) | above;
-            }
-        }
-
         /// Little-endian limbs of big-endian bytes, `k` limbs long.
         fn limbs(bytes: &[u8], k: usize) -> Vec<Limb> {
             let mut out = vec![0; k];
