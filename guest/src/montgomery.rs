@@ -45,6 +45,7 @@ macro_rules! montgomery {
 
             const LIMB_BITS: usize = Limb::BITS as usize;
             const LIMB_BYTES: usize = LIMB_BITS / 8;
+            const _: () = assert!(Wide::BITS == 2 * Limb::BITS);
 
             exponentiation!();
             kernels!();
@@ -184,6 +185,8 @@ macro_rules! fixed {
 
             /// Limbs of a 2048-bit modulus.
             pub const K: usize = $k2048;
+            // A literal for `seq!`, so checked against the limb width here.
+            const _: () = assert!(K * LIMB_BITS == 2048);
 
             pub struct Rows;
 
