@@ -18,15 +18,7 @@
 #[macro_use]
 extern crate alloc;
 
-/// What std's prelude would bring, for the modules of this crate on wasm32.
-mod prelude {
-    // Natively std's prelude wins method lookups, so this one looks unused.
-    #[allow(unused_imports)]
-    pub use alloc::borrow::ToOwned;
-    #[allow(unused_imports)]
-    pub use alloc::string::{String, ToString};
-    pub use alloc::vec::Vec;
-}
+mod prelude;
 
 // The allocator, the panic handler and `cabi_realloc` that std would bring.
 #[cfg(target_arch = "wasm32")]
