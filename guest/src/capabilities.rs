@@ -5,56 +5,10 @@
 
 use crate::prelude::*;
 
-/// One stored record: one per (group, connection).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectionRecord {
-    /// The Cognito group, which names a GitGazer integration.
-    pub integration_id: String,
-    /// The WebSocket connection id.
-    pub connection_id: String,
-    /// The token's `sub`.
-    pub sub: String,
-    /// When the connection was made, RFC 3339 UTC with second precision.
-    pub connected_at: String,
-    /// When the record may be dropped, seconds since the epoch.
-    pub expires_at: u64,
-}
+use crate::types::{ConnectionRecord, RecordKey, StoreError};
 
-impl ConnectionRecord {
-    /// The record's primary key.
-    pub fn key(&self) -> RecordKey {
-        RecordKey {
-            integration_id: self.integration_id.clone(),
-            connection_id: self.connection_id.clone(),
-        }
-    }
-}
-
-/// The primary key of a stored record.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RecordKey {
-    /// Hash key: the integration (group).
-    pub integration_id: String,
-    /// Range key: the connection id.
-    pub connection_id: String,
-}
-
-/// Why the store failed. The text is for the log, never for clients.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreError {
-    /// Malformed request (400).
-    Validation(String),
-    /// Throttled, retries exhausted (429).
-    Throttled(String),
-    /// Table or index missing (404).
-    NotFound(String),
-    /// Store unreachable (500).
-    Unavailable(String),
-    /// Anything else (500).
-    Other(String),
-}
-
-/// Severity of a log line.
+/// Severity of a log line: the WIT `log` interface's, so it lives with that
+/// capability rather than in `types`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     Debug,

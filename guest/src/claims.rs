@@ -8,7 +8,7 @@
 use crate::prelude::*;
 
 use crate::json::{Number, Object, Value};
-use crate::verify::{Identity, Rejection, Settings};
+use crate::types::{Identity, Rejection, Settings};
 
 /// Claims that must be strings when present.
 const STRING_CLAIMS: [&str; 5] = ["sub", "jti", "iss", "token_use", "scope"];

@@ -5,9 +5,12 @@
 
 use crate::prelude::*;
 
-use crate::capabilities::{Capabilities, ConnectionRecord, Level, StoreError};
+use crate::capabilities::{Capabilities, Level};
 use crate::rfc3339;
-use crate::verify::{Rejection, Settings, verify_token};
+use crate::types::{
+    ConnectRequest, ConnectionRecord, DisconnectRequest, Rejection, Response, StoreError,
+};
+use crate::verify::verify_token;
 
 /// Connection ids longer than this are refused. API Gateway's are 16 chars.
 pub const MAX_CONNECTION_ID_BYTES: usize = 128;
@@ -31,35 +34,6 @@ pub mod body {
     pub fn disconnected(removed: u32) -> String {
         format!("Disconnected. Removed {removed} records.")
     }
-}
-
-/// A WebSocket CONNECT event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectRequest {
-    /// The connection id assigned by API Gateway (or the host).
-    pub connection_id: String,
-    /// The `idToken` query parameter, if any.
-    pub id_token: Option<String>,
-    /// Seconds since the epoch, read by the host.
-    pub now: u64,
-    /// Verification and record settings.
-    pub settings: Settings,
-}
-
-/// A WebSocket DISCONNECT event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DisconnectRequest {
-    /// The connection id whose records are to be removed.
-    pub connection_id: String,
-}
-
-/// What the handler answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
-    /// 200 on success; 4xx/5xx otherwise.
-    pub status: u16,
-    /// A short text for the client.
-    pub body: String,
 }
 
 impl Response {

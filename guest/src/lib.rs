@@ -34,11 +34,16 @@ pub mod montgomery;
 pub mod rfc3339;
 pub mod rs256;
 pub mod token;
+pub mod types;
 pub mod verify;
 
-pub use capabilities::{Capabilities, ConnectionRecord, Level, RecordKey, StoreError};
-pub use handler::{ConnectRequest, DisconnectRequest, Response, handle_connect, handle_disconnect};
-pub use verify::{Identity, Rejection, Settings, verify_token};
+pub use capabilities::{Capabilities, Level};
+pub use handler::{handle_connect, handle_disconnect};
+pub use types::{
+    ConnectRequest, ConnectionRecord, DisconnectRequest, Identity, RecordKey, Rejection, Response,
+    Settings, StoreError,
+};
+pub use verify::verify_token;
 
 mod bindings {
     wit_bindgen::generate!({

@@ -7,7 +7,7 @@ use crate::prelude::*;
 
 use crate::base64url;
 use crate::json::{self, Object, Value};
-use crate::verify::Rejection;
+use crate::types::Rejection;
 
 /// Tokens longer than this are refused before any parsing (16 KiB). Cognito
 /// id tokens are a few KiB even with many groups.

@@ -20,73 +20,8 @@ use crate::prelude::*;
 use crate::capabilities::{Capabilities, Level};
 use crate::json;
 use crate::jwks::{self, KeyLookup, RsaPublicKey};
+use crate::types::{Identity, Rejection, Settings};
 use crate::{claims, rs256, token};
-
-/// Verification and record settings, fixed by the host at start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// The exact `iss` expected.
-    pub issuer: String,
-    /// The exact `aud` expected (the app client id).
-    pub audience: String,
-    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
-    pub leeway_seconds: u32,
-    /// How long a stored record lives, in seconds.
-    pub record_ttl_seconds: u32,
-}
-
-/// The identity a valid token carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The `sub` claim.
-    pub sub: String,
-    /// `cognito:groups`, duplicates collapsed, order kept; empty if unreadable.
-    pub groups: Vec<String>,
-}
-
-/// Why a token was refused: one value per failure class (mirrors the WIT
-/// `token-rejection` enum).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Rejection {
-    Missing,
-    TooLarge,
-    Malformed,
-    UnsupportedAlgorithm,
-    BadHeader,
-    UnknownKey,
-    UnusableKey,
-    BadSignature,
-    WrongIssuer,
-    WrongAudience,
-    WrongTokenUse,
-    Expired,
-    NotYetValid,
-    BadClaims,
-    KeySetUnavailable,
-}
-
-impl Rejection {
-    /// The class name as spelled in the WIT, for logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::Missing => "missing",
-            Rejection::TooLarge => "too-large",
-            Rejection::Malformed => "malformed",
-            Rejection::UnsupportedAlgorithm => "unsupported-algorithm",
-            Rejection::BadHeader => "bad-header",
-            Rejection::UnknownKey => "unknown-key",
-            Rejection::UnusableKey => "unusable-key",
-            Rejection::BadSignature => "bad-signature",
-            Rejection::WrongIssuer => "wrong-issuer",
-            Rejection::WrongAudience => "wrong-audience",
-            Rejection::WrongTokenUse => "wrong-token-use",
-            Rejection::Expired => "expired",
-            Rejection::NotYetValid => "not-yet-valid",
-            Rejection::BadClaims => "bad-claims",
-            Rejection::KeySetUnavailable => "key-set-unavailable",
-        }
-    }
-}
 
 /// Verifies a Cognito id token at `now` (seconds since the epoch).
 pub fn verify_token(
