@@ -131,8 +131,8 @@ pub fn handle_disconnect(request: &DisconnectRequest, caps: &mut impl Capabiliti
     }
 }
 
-/// Non-empty, at most 128 bytes, no control characters: the id becomes a
-/// store key and appears in logs.
+/// Non-empty, at most [`MAX_CONNECTION_ID_BYTES`], no control characters:
+/// the id becomes a store key and appears in logs.
 pub fn is_valid_connection_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_CONNECTION_ID_BYTES && !id.chars().any(char::is_control)
 }

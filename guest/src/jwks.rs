@@ -53,7 +53,7 @@ pub enum KeyProblem {
     ModulusTooLarge,
     /// The modulus is even, so not an RSA modulus.
     EvenModulus,
-    /// The exponent is not 65537.
+    /// The exponent is not [`PUBLIC_EXPONENT`].
     WrongExponent,
     /// The modulus has the ROCA fingerprint (CVE-2017-15361): its factors
     /// can be recovered.

@@ -23,7 +23,7 @@ const SHA256_DIGEST_INFO: [u8; 19] = [
     0x00, 0x04, 0x20,
 ];
 /// Moduli the primitive works with, in bits (the key policy is narrower).
-const MODULUS_BITS: core::ops::RangeInclusive<usize> = 1024..=8192;
+pub const MODULUS_BITS: core::ops::RangeInclusive<usize> = 1024..=8192;
 
 /// Verifies `signature` over `message` with the RSA public key (`n`, `e`)
 /// given as unsigned big-endian bytes (leading zero octets allowed here).
@@ -32,7 +32,7 @@ const MODULUS_BITS: core::ops::RangeInclusive<usize> = 1024..=8192;
 /// is below it, and `signature^e mod n` is, byte for byte, the whole
 /// EMSA-PKCS1-v1_5 block of SHA-256(message) (DigestInfo with its NULL
 /// parameter). Structurally invalid keys (even modulus, `e < 2`, `e` over
-/// 64 bits, modulus outside 1024..=8192 bits) verify nothing.
+/// 64 bits, modulus outside [`MODULUS_BITS`]) verify nothing.
 pub fn verify_pkcs1v15_sha256(n: &[u8], e: &[u8], message: &[u8], signature: &[u8]) -> bool {
     verify_with(montgomery::mod_pow, n, e, message, signature)
 }

@@ -27,8 +27,8 @@ pub struct Jws<'a> {
     pub signature: Vec<u8>,
 }
 
-/// Splits and decodes a compact JWS. Refuses `too-large` (over 16 KiB, before
-/// anything else), `missing` (empty), and `malformed` (not three canonical
+/// Splits and decodes a compact JWS. Refuses `too-large` (over
+/// [`MAX_TOKEN_BYTES`], before anything else), `missing` (empty), and `malformed` (not three canonical
 /// base64url segments, or a header that is not a UTF-8 JSON object or repeats
 /// a member name).
 ///

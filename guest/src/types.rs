@@ -82,18 +82,19 @@ pub struct RecordKey {
     pub connection_id: String,
 }
 
-/// Why the store failed. The text is for the log, never for clients.
+/// Why the store failed. The text is for the log, never for clients; the
+/// status each answers is `handler`'s choice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
-    /// Malformed request (400).
+    /// Malformed request.
     Validation(String),
-    /// Throttled, retries exhausted (429).
+    /// Throttled, retries exhausted.
     Throttled(String),
-    /// Table or index missing (404).
+    /// Table or index missing.
     NotFound(String),
-    /// Store unreachable (500).
+    /// Store unreachable.
     Unavailable(String),
-    /// Anything else (500).
+    /// Anything else.
     Other(String),
 }
 
