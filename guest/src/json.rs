@@ -130,11 +130,9 @@ pub enum JsonError {
 /// Parses any JSON document, keeping duplicate-name flags on objects.
 pub fn parse_value(bytes: &[u8]) -> Result<Value, JsonError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = ValueSeed {
-        levels_left: MAX_NESTING,
-    }
-    .deserialize(&mut deserializer)
-    .map_err(|_| JsonError::Syntax)?;
+    let value = ValueSeed::DOCUMENT
+        .deserialize(&mut deserializer)
+        .map_err(|_| JsonError::Syntax)?;
     // Only whitespace may follow the value.
     deserializer.end().map_err(|_| JsonError::Syntax)?;
     Ok(value)
@@ -152,10 +150,7 @@ pub fn parse_object_strict(bytes: &[u8]) -> Result<Object, JsonError> {
 
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        ValueSeed {
-            levels_left: MAX_NESTING,
-        }
-        .deserialize(deserializer)
+        ValueSeed::DOCUMENT.deserialize(deserializer)
     }
 }
 
@@ -166,6 +161,11 @@ struct ValueSeed {
 }
 
 impl ValueSeed {
+    /// A whole document: [`MAX_NESTING`] levels.
+    const DOCUMENT: ValueSeed = ValueSeed {
+        levels_left: MAX_NESTING,
+    };
+
     /// The seed for the members of an array or object, or an error when it
     /// would nest past [`MAX_NESTING`].
     fn inner<E: de::Error>(self) -> Result<ValueSeed, E> {
