@@ -383,6 +383,22 @@ mod tests {
     }
 
     #[test]
+    fn problem_descriptions_name_the_policy_values() {
+        // `describe` spells the constants out: a `&'static str` cannot format them.
+        let exponent = PUBLIC_EXPONENT
+            .iter()
+            .fold(0u32, |acc, &byte| (acc << 8) | u32::from(byte));
+        for (problem, value) in [
+            (KeyProblem::ModulusTooSmall, MIN_MODULUS_BITS),
+            (KeyProblem::ModulusTooLarge, MAX_MODULUS_BITS),
+            (KeyProblem::WrongExponent, exponent as usize),
+        ] {
+            let text = problem.describe();
+            assert!(text.contains(&value.to_string()), "{problem:?}: {text}");
+        }
+    }
+
+    #[test]
     fn subgroup_membership_matches_brute_force() {
         for prime in [3u32, 5, 7, 11, 13, 17, 97, 353] {
             let mut members = vec![false; prime as usize];
