@@ -11,21 +11,8 @@ use rsa::traits::PublicKeyParts;
 use serde_json::json;
 use sha2::Sha256;
 
-/// The `iss` of dev tokens (`.invalid`: it can never be a real issuer).
-pub const DEV_ISSUER: &str = "https://cognito-idp.dev.invalid/dev_gitgazer";
-/// The `aud` of dev tokens.
-pub const DEV_CLIENT_ID: &str = "gitgazer-ws-dev-client";
+use crate::settings::{DEV_CLIENT_ID, DEV_ISSUER};
 
-/// The policy settings dev tokens verify under, with a minute of leeway and
-/// the default record lifetime: what the benchmarks and examples use.
-pub fn dev_policy_settings() -> crate::component::PolicySettings {
-    crate::component::PolicySettings {
-        issuer: DEV_ISSUER.into(),
-        audience: DEV_CLIENT_ID.into(),
-        leeway_seconds: 60,
-        record_ttl_seconds: crate::config::DEFAULT_RECORD_TTL_SECONDS,
-    }
-}
 /// Cognito's keys are RSA-2048; so is the dev key.
 const DEV_KEY_BITS: usize = 2048;
 

@@ -4,24 +4,30 @@
 //! a WebAssembly component built from `guest/`; this crate is the native
 //! host that runs it and does the I/O:
 //!
-//! - [`component`]: the engine policy, the WIT bindings, the imports the
+//! - [`wit`]: the contract's generated types, the host's own types too;
+//! - [`policy`]: the engine (compile, cache, link, bound), the imports the
 //!   guest is granted, and the per-request runtime;
-//! - [`store`]: where connection records live;
-//! - [`keys`]: where the key set comes from;
-//! - [`service`] and [`events`]: the handler shared by every entry point;
-//! - [`http`]: the HTTP server (`app(state) -> Router`);
-//! - [`dev`]: dev mode's key and tokens;
-//! - [`config`] and [`startup`]: flags, env, and start-up.
+//! - [`service`]: the handler every entry point shares;
+//! - [`edge`]: the entry points (HTTP, WebSocket, API Gateway events, Lambda);
+//! - [`store`]: where connection records live; [`keys`]: where the key set
+//!   comes from; [`delivery`]: events out to connections;
+//! - [`settings`]: what tokens are checked against; [`dev`]: dev mode's key
+//!   and tokens; [`cli`] and [`startup`]: flags, env, and start-up;
+//! - [`retry`] and [`clock`]: the one backoff, the one wall clock.
+//!
+//! Dependencies point one way (`scripts/module-cycles` checks it): `cli` →
+//! `edge` → `startup` → `service` → `policy` → `store`/`keys` → `wit`.
 
-pub mod component;
-pub mod config;
+pub mod cli;
+pub mod clock;
 pub mod delivery;
 pub mod dev;
-pub mod events;
-pub mod http;
+pub mod edge;
 pub mod keys;
-pub mod lambda;
+pub mod policy;
+pub mod retry;
 pub mod service;
+pub mod settings;
 pub mod startup;
 pub mod store;
-pub mod websocket;
+pub mod wit;

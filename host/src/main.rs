@@ -6,16 +6,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use gitgazer_ws::component::Verdict;
-use gitgazer_ws::config::{
-    Cli, Command, DeliverArgs, GlobalArgs, LogFormat, ServeArgs, TableCommand, TokenMode,
-};
+use gitgazer_ws::cli::{Cli, Command, DeliverArgs, GlobalArgs, LogFormat, ServeArgs, TableCommand};
+use gitgazer_ws::clock::unix_now;
 use gitgazer_ws::delivery::{self, ConnectionSender, DeliveryOptions, ManagementApi};
-use gitgazer_ws::http::{AppState, app};
-use gitgazer_ws::service::{Handler, new_request_id, unix_now};
+use gitgazer_ws::edge::http::{AppState, app};
+use gitgazer_ws::edge::websocket::Sockets;
+use gitgazer_ws::edge::{events, lambda};
+use gitgazer_ws::policy::engine;
+use gitgazer_ws::service::{Handler, new_request_id};
+use gitgazer_ws::settings::TokenMode;
+use gitgazer_ws::startup;
 use gitgazer_ws::store::{DynamoDbStore, MemoryStore};
-use gitgazer_ws::websocket::{SocketLimits, Sockets};
-use gitgazer_ws::{events, startup};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let Some(command) = cli.command else {
         if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-            gitgazer_ws::lambda::run(&cli.global).await?;
+            lambda::run(cli.global.start_options()).await?;
             return Ok(ExitCode::SUCCESS);
         }
         let _ = <Cli as clap::CommandFactory>::command().print_help();
@@ -59,7 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match command {
         Command::Lambda => {
-            gitgazer_ws::lambda::run(&cli.global).await?;
+            lambda::run(cli.global.start_options()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(&cli.global, &args).await,
@@ -80,12 +81,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deliver(args) => deliver(&cli.global, &args).await,
         Command::Compile(args) => {
             let options = cli.global.engine_options();
-            let engine = if args.portable {
-                gitgazer_ws::component::engine::build_portable_engine(&options)?
+            let built = if args.portable {
+                engine::build_portable_engine(&options)?
             } else {
-                gitgazer_ws::component::engine::build_engine(&options)?
+                engine::build_engine(&options)?
             };
-            gitgazer_ws::component::engine::precompile_to(&engine, &options, &args.output)?;
+            engine::precompile_to(&built, &options, &args.output)?;
             println!("{}", args.output.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -136,7 +137,7 @@ fn read_input(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
 
 async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let (bind, port) = (args.bind, args.port);
-    let started = startup::start(global).await?;
+    let started = startup::start(global.start_options()?).await?;
     let bind = if started.mode == TokenMode::Dev {
         if !bind.is_loopback() {
             tracing::warn!(%bind, "dev mode binds 127.0.0.1 only; ignoring the requested address");
@@ -156,14 +157,7 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode
         );
     }
     tracing::info!(%address, "listening");
-    let sockets = Sockets::new(SocketLimits {
-        max_connections: args.max_websockets.max(1),
-        send_queue_bytes: usize::try_from(args.ws_send_queue_bytes).unwrap_or(usize::MAX),
-        idle_timeout: args.ws_idle_timeout,
-        max_age: args.ws_max_age,
-        ping_interval: args.ws_ping_interval,
-        ..SocketLimits::default()
-    });
+    let sockets = Sockets::new(args.socket_limits());
     let sender: Arc<dyn ConnectionSender> = match args
         .websocket_api_endpoint
         .as_deref()
@@ -247,10 +241,10 @@ async fn verify_token(
         token.to_owned()
     };
     let keys = startup::key_set_source(jwks)?;
-    let runtime = startup::load_runtime(global).await?;
+    let runtime = startup::load_runtime(global.engine_options()).await?;
     let handler = Handler::new(
         runtime,
-        std::sync::Arc::new(MemoryStore::new()),
+        Arc::new(MemoryStore::new()),
         keys,
         global.policy_settings(&mode),
     );
@@ -258,12 +252,12 @@ async fn verify_token(
         .verify_token(&token, now.unwrap_or_else(unix_now))
         .await?;
     let (line, code) = match verdict {
-        Verdict::Valid { sub, groups } => (
-            json!({ "valid": true, "sub": sub, "groups": groups }),
+        Ok(identity) => (
+            json!({ "valid": true, "sub": identity.sub, "groups": identity.groups }),
             ExitCode::SUCCESS,
         ),
-        Verdict::Invalid { reason } => (
-            json!({ "valid": false, "reason": reason }),
+        Err(rejection) => (
+            json!({ "valid": false, "reason": rejection.name() }),
             ExitCode::from(EXIT_INVALID),
         ),
     };
@@ -276,7 +270,7 @@ async fn handle_event(
     file: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
     let bytes = read_input(file)?;
-    let started = startup::start(global).await?;
+    let started = startup::start(global.start_options()?).await?;
     let request_id = new_request_id();
     let response = events::handle_event_json(&started.handler, &bytes, Some(&request_id)).await;
     println!("{}", serde_json::to_string(&response)?);

@@ -3,17 +3,18 @@
 //! and hands it to the policy component.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::component::{Capabilities, PolicyRuntime, PolicySettings, Reply, Verdict};
+use crate::clock::unix_now;
 use crate::keys::KeySetSource;
+use crate::policy::{Capabilities, PolicyRuntime, Verdict};
 use crate::store::ConnectionStore;
+use crate::wit::types::{Response, Settings};
 
 #[derive(Clone)]
 pub struct Handler {
     runtime: Arc<PolicyRuntime>,
     caps: Capabilities,
-    settings: PolicySettings,
+    settings: Settings,
 }
 
 impl Handler {
@@ -21,7 +22,7 @@ impl Handler {
         runtime: Arc<PolicyRuntime>,
         store: Arc<dyn ConnectionStore>,
         keys: Arc<dyn KeySetSource>,
-        settings: PolicySettings,
+        settings: Settings,
     ) -> Self {
         Self {
             runtime,
@@ -36,7 +37,7 @@ impl Handler {
         request_id: &str,
         connection_id: &str,
         id_token: Option<&str>,
-    ) -> Reply {
+    ) -> Response {
         let reply = self
             .runtime
             .connect(
@@ -53,7 +54,7 @@ impl Handler {
     }
 
     /// A DISCONNECT.
-    pub async fn disconnect(&self, request_id: &str, connection_id: &str) -> Reply {
+    pub async fn disconnect(&self, request_id: &str, connection_id: &str) -> Response {
         let reply = self
             .runtime
             .disconnect(&self.caps, request_id, connection_id)
@@ -67,13 +68,13 @@ impl Handler {
         reply
     }
 
-    /// Records of failed CONNECTs whose removal the store is still retrying
-    /// in the background (`GET /status`).
     /// The record store, for delivery.
     pub fn store(&self) -> Arc<dyn ConnectionStore> {
         self.caps.store.clone()
     }
 
+    /// Records of failed CONNECTs whose removal the store is still retrying
+    /// in the background (`GET /status`).
     pub fn pending_rollbacks(&self) -> usize {
         self.caps.store.pending_rollbacks()
     }
@@ -84,14 +85,6 @@ impl Handler {
             .verify_token(&self.caps, token, now, &self.settings)
             .await
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// A fresh id for a request that came without one.

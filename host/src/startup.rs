@@ -5,12 +5,23 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::component::PolicyRuntime;
-use crate::config::{GlobalArgs, TokenMode};
 use crate::dev::DevSigner;
 use crate::keys::{FetchLimits, KeySetSource, RemoteKeySet, StaticKeySet};
+use crate::policy::{EngineOptions, PolicyRuntime};
 use crate::service::Handler;
-use crate::store::{ConnectionStore, DynamoDbStore, MemoryStore};
+use crate::settings::TokenMode;
+use crate::store::{ConnectionStore, DynamoDbOptions, DynamoDbStore, MemoryStore};
+use crate::wit::types::Settings;
+
+/// What a handler is built from (the command line's `start_options`).
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub mode: TokenMode,
+    pub settings: Settings,
+    pub engine: EngineOptions,
+    /// DynamoDB; `None` keeps records in memory.
+    pub table: Option<DynamoDbOptions>,
+}
 
 pub struct Started {
     pub handler: Handler,
@@ -20,11 +31,18 @@ pub struct Started {
 }
 
 /// Builds everything `serve`, `handle-event` and Lambda need.
-pub async fn start(global: &GlobalArgs) -> anyhow::Result<Started> {
-    let mode = global.token_mode()?;
-    let settings = global.policy_settings(&mode);
-    let runtime = load_runtime(global).await?;
-    let store = connection_store(global).await;
+pub async fn start(options: StartOptions) -> anyhow::Result<Started> {
+    let StartOptions {
+        mode,
+        settings,
+        engine,
+        table,
+    } = options;
+    let runtime = load_runtime(engine).await?;
+    let store: Arc<dyn ConnectionStore> = match table {
+        Some(table) => Arc::new(DynamoDbStore::connect(table).await),
+        None => Arc::new(MemoryStore::new()),
+    };
 
     let (keys, dev): (Arc<dyn KeySetSource>, _) = match &mode {
         TokenMode::Dev => {
@@ -56,8 +74,7 @@ pub async fn start(global: &GlobalArgs) -> anyhow::Result<Started> {
 }
 
 /// Compiling the component may take a second: off the async threads.
-pub async fn load_runtime(global: &GlobalArgs) -> anyhow::Result<Arc<PolicyRuntime>> {
-    let options = global.engine_options();
+pub async fn load_runtime(options: EngineOptions) -> anyhow::Result<Arc<PolicyRuntime>> {
     tokio::task::spawn_blocking(move || PolicyRuntime::new(options)).await?
 }
 
@@ -73,12 +90,4 @@ pub fn key_set_source(location: &str) -> anyhow::Result<Arc<dyn KeySetSource>> {
     let json = std::fs::read_to_string(Path::new(path))
         .map_err(|e| anyhow::anyhow!("reading the key set {path}: {e}"))?;
     Ok(Arc::new(StaticKeySet::new(json, path)?))
-}
-
-/// DynamoDB when TABLE_NAME is set, else the embedded in-memory store.
-async fn connection_store(global: &GlobalArgs) -> Arc<dyn ConnectionStore> {
-    match global.dynamodb_options() {
-        Some(options) => Arc::new(DynamoDbStore::connect(options).await),
-        None => Arc::new(MemoryStore::new()),
-    }
 }

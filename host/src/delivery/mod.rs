@@ -20,6 +20,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use crate::retry::Backoff;
 use crate::store::{ConnectionStore, StoreError};
 
 /// API Gateway's WebSocket frame limit (128 KB); larger messages are refused
@@ -35,9 +36,8 @@ pub struct DeliveryOptions {
     pub call_timeout: Duration,
     /// Attempts per connection on throttling, 5xx or a timeout.
     pub max_attempts: u32,
-    /// Backoff between attempts: full jitter up to base·2^n, capped.
-    pub base_delay: Duration,
-    pub max_delay: Duration,
+    /// Backoff between attempts.
+    pub backoff: Backoff,
 }
 
 impl Default for DeliveryOptions {
@@ -46,8 +46,10 @@ impl Default for DeliveryOptions {
             concurrency: 32,
             call_timeout: Duration::from_secs(5),
             max_attempts: 4,
-            base_delay: Duration::from_millis(50),
-            max_delay: Duration::from_secs(1),
+            backoff: Backoff {
+                base: Duration::from_millis(50),
+                max: Duration::from_secs(1),
+            },
         }
     }
 }
@@ -236,7 +238,7 @@ async fn deliver_to(
                 return Outcome::Failed;
             }
             Err(SendError::Retryable(_)) => {
-                tokio::time::sleep(backoff(options, attempt)).await;
+                tokio::time::sleep(options.backoff.delay(attempt)).await;
             }
         }
     }
@@ -255,15 +257,6 @@ async fn remove_connection(store: &dyn ConnectionStore, connection_id: &str) {
             tracing::warn!(connection_id, %error, "connection gone; its records could not be deleted")
         }
     }
-}
-
-/// Full jitter: uniform in [0, min(max, base·2^(attempt-1))].
-fn backoff(options: &DeliveryOptions, attempt: u32) -> Duration {
-    let exponential = options
-        .base_delay
-        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-        .min(options.max_delay);
-    exponential.mul_f64(fastrand::f64())
 }
 
 fn count(n: usize) -> u32 {
@@ -330,8 +323,10 @@ mod tests {
             concurrency: 4,
             call_timeout: Duration::from_millis(200),
             max_attempts: 3,
-            base_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(5),
+            backoff: Backoff {
+                base: Duration::from_millis(1),
+                max: Duration::from_millis(5),
+            },
         }
     }
 

@@ -13,22 +13,7 @@ pub use dynamodb::{DynamoDbOptions, DynamoDbStore, UnprocessedRetry};
 pub use memory::MemoryStore;
 pub use rollback::RollbackRetry;
 
-use std::fmt;
-
-/// One stored record: one per (integration, connection).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectionRecord {
-    /// Hash key: the Cognito group naming a GitGazer integration.
-    pub integration_id: String,
-    /// Range key: the WebSocket connection id.
-    pub connection_id: String,
-    /// The user (`sub` claim).
-    pub sub: String,
-    /// RFC 3339 UTC.
-    pub connected_at: String,
-    /// TTL, seconds since the Unix epoch.
-    pub expires_at: u64,
-}
+pub use crate::wit::types::{ConnectionRecord, RecordKey, StoreError};
 
 impl ConnectionRecord {
     pub fn key(&self) -> RecordKey {
@@ -38,37 +23,6 @@ impl ConnectionRecord {
         }
     }
 }
-
-/// The primary key of a record.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RecordKey {
-    pub integration_id: String,
-    pub connection_id: String,
-}
-
-/// Why a store operation failed; the text is for the log only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreError {
-    Validation(String),
-    Throttled(String),
-    NotFound(String),
-    Unavailable(String),
-    Other(String),
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreError::Validation(m) => write!(f, "validation: {m}"),
-            StoreError::Throttled(m) => write!(f, "throttled: {m}"),
-            StoreError::NotFound(m) => write!(f, "not found: {m}"),
-            StoreError::Unavailable(m) => write!(f, "unavailable: {m}"),
-            StoreError::Other(m) => write!(f, "other: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
 
 /// A place to keep connection records.
 #[async_trait::async_trait]

@@ -10,23 +10,32 @@
 //! was uncertain the keys are deleted once more after a settle time. Deletes
 //! are idempotent, so the extra pass is always safe.
 //!
+//! The same holds for a DISCONNECT that comes soon after such a write: the
+//! straggler may land after the DISCONNECT's delete, so [`RecentUncertain`]
+//! remembers those connections for the settle time.
+//!
 //! The work is bounded: at most [`RollbackRetry::max_pending_keys`] keys wait
 //! at a time; beyond that the records are left to `expiresAt`, with an error
 //! in the log. In a process that exits (or a Lambda environment that is
 //! discarded) pending rollbacks are lost and `expiresAt` removes the records.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{RecordKey, StoreError};
+use crate::clock::unix_now;
+use crate::retry::Backoff;
+
+/// Connections whose write may have a straggler, remembered at most.
+const MAX_RECENT_UNCERTAIN: usize = 10_000;
 
 /// How background rollbacks are retried.
 #[derive(Debug, Clone)]
 pub struct RollbackRetry {
-    pub initial_delay: Duration,
-    pub max_delay: Duration,
+    pub backoff: Backoff,
     /// Wait before the confirming delete after an uncertain write.
     pub settle: Duration,
     pub max_pending_keys: usize,
@@ -35,8 +44,10 @@ pub struct RollbackRetry {
 impl Default for RollbackRetry {
     fn default() -> Self {
         Self {
-            initial_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(5),
+            backoff: Backoff {
+                base: Duration::from_millis(200),
+                max: Duration::from_secs(5),
+            },
             // Longer than the store's operation timeout (8 s), so a write the
             // client gave up on has landed or been dropped by then.
             settle: Duration::from_secs(10),
@@ -102,6 +113,39 @@ impl RollbackRetrier {
     }
 }
 
+/// Connections stored by a write that outlived an SDK attempt, with when
+/// and until when (`expiresAt`): an abandoned attempt may still land after a
+/// quick DISCONNECT deleted the records, so that DISCONNECT is confirmed
+/// after the settle time.
+#[derive(Clone, Default)]
+pub struct RecentUncertain {
+    written: Arc<Mutex<HashMap<String, (Instant, u64)>>>,
+}
+
+impl RecentUncertain {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, u64)>> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers a connection whose write outlived an attempt.
+    pub fn remember(&self, connection_id: &str, expires_at: u64, settle: Duration) {
+        let mut recent = self.lock();
+        recent.retain(|_, (written, _)| written.elapsed() < settle);
+        if recent.len() < MAX_RECENT_UNCERTAIN {
+            recent.insert(connection_id.to_owned(), (Instant::now(), expires_at));
+        }
+    }
+
+    /// Forgets a connection; its records' `expiresAt` when it was written
+    /// uncertainly within the settle time (its delete needs confirming).
+    pub fn take(&self, connection_id: &str, settle: Duration) -> Option<u64> {
+        let written = self.lock().remove(connection_id);
+        written
+            .filter(|(at, _)| at.elapsed() < settle)
+            .map(|(_, expires_at)| expires_at)
+    }
+}
+
 async fn run<F, Fut>(
     retry: &RollbackRetry,
     keys: &[RecordKey],
@@ -144,9 +188,9 @@ where
     F: Fn(Vec<RecordKey>) -> Fut,
     Fut: Future<Output = Result<u32, StoreError>>,
 {
-    let mut delay = retry.initial_delay;
+    let mut retries = 0;
     loop {
-        if crate::service::unix_now() >= expires_at {
+        if unix_now() >= expires_at {
             tracing::warn!(
                 records = keys.len(),
                 "rollback given up: the records have expired"
@@ -157,8 +201,8 @@ where
             Ok(_) => return true,
             Err(error) => {
                 tracing::warn!(records = keys.len(), %error, "background rollback failed; retrying");
-                tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
-                delay = (delay * 2).min(retry.max_delay);
+                retries += 1;
+                tokio::time::sleep(retry.backoff.delay(retries)).await;
             }
         }
     }
@@ -172,8 +216,10 @@ mod tests {
 
     fn fast() -> RollbackRetry {
         RollbackRetry {
-            initial_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(20),
+            backoff: Backoff {
+                base: Duration::from_millis(5),
+                max: Duration::from_millis(20),
+            },
             settle: Duration::from_millis(50),
             max_pending_keys: 3,
         }

@@ -1,13 +1,24 @@
-//! Engine policy, in one place: how the guest is compiled, cached, sandboxed
-//! and bounded. Every knob here is a decision; the comment says why.
+//! Engine policy, in one place: how the guest is compiled, cached, linked,
+//! sandboxed and bounded ([`PolicyEngine`]: Config, pool, StoreLimits, the
+//! epoch ticker and deadline, admission, the compile cache). Every knob here
+//! is a decision; the comment says why.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use tokio::sync::{Semaphore, SemaphorePermit};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    StoreLimitsBuilder, UpdateDeadline,
+};
+
+use super::imports;
+use super::request::{Capabilities, RequestState};
+use crate::wit::{WsHandler, WsHandlerPre};
 
 /// The policy component, built from `guest/` by `build.rs` with standard
 /// WebAssembly features only (the build that also runs under jco).
@@ -21,7 +32,7 @@ pub fn wide_guest_component() -> Option<&'static [u8]> {
 }
 
 /// Which build of the embedded policy runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum GuestBuild {
     /// The wide-arithmetic build when this engine compiles it, else the
     /// portable one (with a warning).
@@ -31,6 +42,24 @@ pub enum GuestBuild {
     Portable,
     /// The wide-arithmetic build; fail when it cannot be loaded.
     Wide,
+}
+
+impl GuestBuild {
+    /// The names `FromStr` takes, for the command line.
+    pub const NAMES: [&str; 3] = ["auto", "portable", "wide"];
+}
+
+impl FromStr for GuestBuild {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "auto" => Ok(Self::Auto),
+            "portable" => Ok(Self::Portable),
+            "wide" => Ok(Self::Wide),
+            _ => Err(format!("{name:?}: one of {}", Self::NAMES.join(", "))),
+        }
+    }
 }
 
 /// Limits and choices for running the guest.
@@ -106,8 +135,8 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 /// How often the epoch ticks; the guest's deadline is checked at each tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-// A Rust wasip2 component holds a few core modules (the program, WASI
-// adapter shims); these bound one component instance generously.
+// The policy is one core module and its memory; these bound one component
+// instance generously, in the pool and in each store alike.
 const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 const MEMORIES_PER_COMPONENT: u32 = 2;
 const TABLES_PER_COMPONENT: u32 = 4;
@@ -174,6 +203,100 @@ pub fn build_engine(options: &EngineOptions) -> anyhow::Result<Engine> {
         }
     }
     Engine::new(&base_config(options)).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e}"))
+}
+
+/// The engine, the linked policy and the bounds every request runs in.
+pub struct PolicyEngine {
+    engine: Engine,
+    pre: WsHandlerPre<RequestState>,
+    loaded: LoadedGuest,
+    max_memory_bytes: usize,
+    guest_time_budget: Duration,
+    /// One permit per pool slot: requests beyond wait instead of failing.
+    admission: Semaphore,
+}
+
+impl PolicyEngine {
+    /// Builds the engine, loads (or compiles) the component, links it, and
+    /// starts the epoch ticker that enforces guest deadlines.
+    pub fn new(options: &EngineOptions) -> anyhow::Result<Self> {
+        let engine = build_engine(options)?;
+        let (component, loaded) = load_component(&engine, options)?;
+        tracing::info!(guest = ?loaded, "policy component loaded");
+        let mut linker = Linker::new(&engine);
+        imports::add_to_linker(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking the world's imports: {e}"))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(WsHandlerPre::new)
+            .map_err(|e| anyhow::anyhow!("the guest does not fit the ws-handler world: {e}"))?;
+        start_epoch_ticker(&engine);
+        Ok(Self {
+            engine,
+            pre,
+            loaded,
+            max_memory_bytes: options.max_memory_bytes,
+            guest_time_budget: options.guest_time_budget,
+            admission: Semaphore::new(options.max_instances.max(1) as usize),
+        })
+    }
+
+    /// Which guest runs.
+    pub fn loaded_guest(&self) -> LoadedGuest {
+        self.loaded
+    }
+
+    /// Waits for an instance slot (`None`: the engine is closing).
+    pub async fn admit(&self) -> Option<SemaphorePermit<'_>> {
+        self.admission.acquire().await.ok()
+    }
+
+    /// A fresh instance for one request: its memory bounded, and trapped
+    /// once its guest time (host waits excluded) passes the budget.
+    pub async fn instantiate(
+        &self,
+        caps: &Capabilities,
+        request_id: &str,
+    ) -> wasmtime::Result<(Store<RequestState>, WsHandler)> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.max_memory_bytes)
+            .instances(CORE_INSTANCES_PER_COMPONENT as usize)
+            .tables(TABLES_PER_COMPONENT as usize)
+            .memories(MEMORIES_PER_COMPONENT as usize)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = RequestState::new(caps.clone(), request_id.to_owned(), limits);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        let budget = self.guest_time_budget;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |context| {
+            if context.data().clock.guest_time() > budget {
+                Err(wasmtime::format_err!(
+                    "guest time budget of {budget:?} exceeded"
+                ))
+            } else {
+                Ok(UpdateDeadline::Continue(1))
+            }
+        });
+        let guest = self.pre.instantiate_async(&mut store).await?;
+        Ok((store, guest))
+    }
+}
+
+/// Increments the engine's epoch every tick for as long as the engine lives.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
 }
 
 /// Which guest a runtime loaded, for logs and tests.

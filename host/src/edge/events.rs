@@ -8,11 +8,11 @@ use gitgazer_ws_event::{
 };
 pub use gitgazer_ws_event::{Event, ProxyResponse, decode_event, decode_event_value};
 
-use crate::component::Reply;
 use crate::service::{Handler, new_request_id};
+use crate::wit::types::Response;
 
-impl From<Reply> for ProxyResponse {
-    fn from(reply: Reply) -> Self {
+impl From<Response> for ProxyResponse {
+    fn from(reply: Response) -> Self {
         Self {
             status_code: reply.status,
             body: reply.body,

@@ -10,7 +10,7 @@
 //! DISCONNECT decision runs and its records go.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,11 +20,12 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::delivery::{ConnectionSender, MAX_MESSAGE_BYTES, SendError};
 use crate::service::{Handler, new_request_id};
+use crate::wit::types::Response as PolicyResponse;
 
 pub use gitgazer_ws_event::BEARER_PROTOCOL;
 use gitgazer_ws_event::offered_bearer_token;
@@ -97,12 +98,11 @@ pub struct Sockets {
     open: Mutex<HashMap<String, SocketHandle>>,
     /// Upgrades under way plus open sockets: what `max_connections` bounds.
     /// Taken before the CONNECT decision, so a burst cannot overshoot.
-    slots: AtomicUsize,
+    /// Closed by [`Sockets::close_all`]: no new sockets, and one that opens
+    /// anyway (its upgrade was under way) is closed at once.
+    slots: Arc<Semaphore>,
     /// Signalled whenever a slot is released (shutdown waits on it).
     released: Notify,
-    /// Set by [`Sockets::close_all`]: no new sockets, and one that opens
-    /// anyway (its upgrade was under way) is closed at once.
-    shutting_down: AtomicBool,
     limits: SocketLimits,
 }
 
@@ -118,12 +118,16 @@ struct SocketHandle {
 
 /// One of `max_connections`, held from before the CONNECT decision until the
 /// socket's DISCONNECT has run; released when dropped.
-pub struct Slot(Arc<Sockets>);
+pub struct Slot {
+    sockets: Arc<Sockets>,
+    permit: Option<OwnedSemaphorePermit>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.slots.fetch_sub(1, Ordering::AcqRel);
-        self.0.released.notify_waiters();
+        // Back to the semaphore first, then tell a waiting shutdown.
+        drop(self.permit.take());
+        self.sockets.released.notify_waiters();
     }
 }
 
@@ -141,9 +145,8 @@ impl Sockets {
         }
         Arc::new(Self {
             open: Mutex::new(HashMap::new()),
-            slots: AtomicUsize::new(0),
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
             released: Notify::new(),
-            shutting_down: AtomicBool::new(false),
             limits,
         })
     }
@@ -164,15 +167,14 @@ impl Sockets {
     /// A slot for one more socket; refused at `max_connections` or during
     /// shutdown (both 503).
     pub fn reserve(self: &Arc<Self>) -> Result<Slot, &'static str> {
-        if self.shutting_down.load(Ordering::SeqCst) {
-            return Err("Shutting down.");
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Slot {
+                sockets: self.clone(),
+                permit: Some(permit),
+            }),
+            Err(TryAcquireError::Closed) => Err("Shutting down."),
+            Err(TryAcquireError::NoPermits) => Err("Too many connections."),
         }
-        self.slots
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
-                (taken < self.limits.max_connections).then_some(taken + 1)
-            })
-            .map(|_| Slot(self.clone()))
-            .map_err(|_| "Too many connections.")
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SocketHandle>> {
@@ -186,9 +188,9 @@ impl Sockets {
     /// Registers an upgraded socket; during shutdown it is ended at once.
     fn insert(&self, connection_id: &str, handle: SocketHandle) {
         self.lock().insert(connection_id.to_owned(), handle.clone());
-        // After the insert: `close_all` sets the flag before it takes the
-        // lock, so it either saw this socket or this sees the flag.
-        if self.shutting_down.load(Ordering::SeqCst) {
+        // After the insert: `close_all` closes the slots before it takes the
+        // lock, so it either saw this socket or this sees them closed.
+        if self.slots.is_closed() {
             Self::end(&handle, ServerClose::Shutdown);
         }
     }
@@ -249,7 +251,7 @@ impl Sockets {
     /// Closes every socket, refuses new ones, and waits (at most `within`)
     /// until every socket's DISCONNECT has run: for a graceful shutdown.
     pub async fn close_all(&self, within: Duration) {
-        self.shutting_down.store(true, Ordering::SeqCst);
+        self.slots.close();
         let handles: Vec<SocketHandle> = self.lock().values().cloned().collect();
         for handle in &handles {
             Self::end(handle, ServerClose::Shutdown);
@@ -258,7 +260,7 @@ impl Sockets {
         let _ = tokio::time::timeout(within, async {
             loop {
                 let released = self.released.notified();
-                if self.slots.load(Ordering::Acquire) == 0 {
+                if self.slots.available_permits() == self.limits.max_connections {
                     return;
                 }
                 released.await;
@@ -304,13 +306,11 @@ pub async fn upgrade(
     };
     let (token, bearer) = upgrade_token(headers, query_token);
     let connection_id = new_connection_id();
-    let reply = handler
+    let reply: PolicyResponse = handler
         .connect(&new_request_id(), &connection_id, token.as_deref())
         .await;
     if reply.status != 200 {
-        let status =
-            StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return (status, reply.body).into_response();
+        return reply.into_response();
     }
     let upgrade = if bearer {
         upgrade.protocols([BEARER_PROTOCOL])
@@ -339,7 +339,7 @@ fn new_connection_id() -> String {
 }
 
 async fn serve_socket(mut socket: WebSocket, connection_id: String, handler: Handler, slot: Slot) {
-    let sockets = slot.0.clone();
+    let sockets = slot.sockets.clone();
     let limits = sockets.limits.clone();
     let (queue, mut outgoing) = mpsc::unbounded_channel::<Bytes>();
     let queued_bytes = Arc::new(AtomicUsize::new(0));

@@ -17,14 +17,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use crate::component::Reply;
+use super::events::handle_event_json;
+use super::http_status;
+use super::websocket::{self, Sockets};
+use crate::clock::unix_now;
 use crate::delivery::{
     self, ConnectionSender, DeliveryError, DeliveryOptions, MAX_MESSAGE_BYTES, SendError,
 };
 use crate::dev::{DevClaims, DevSigner};
-use crate::events::handle_event_json;
-use crate::service::{Handler, new_request_id, unix_now};
-use crate::websocket::{self, Sockets};
+use crate::service::{Handler, new_request_id};
+use crate::wit::types::Response as PolicyResponse;
 
 /// Largest request body accepted (API Gateway events are a few KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -162,7 +164,7 @@ async fn deliver_event(
         }
         Err(error) => {
             tracing::error!(integration_id, %error, "delivery failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.").into_response()
+            PolicyResponse::internal_error().into_response()
         }
     }
 }
@@ -205,15 +207,15 @@ async fn connect(State(state): State<AppState>, Query(params): Query<ConnectPara
     let connection_id = params
         .connection_id
         .unwrap_or_else(|| DEFAULT_CONNECTION_ID.into());
-    let reply = state
+    state
         .handler
         .connect(
             &new_request_id(),
             &connection_id,
             params.id_token.as_deref(),
         )
-        .await;
-    text_reply(reply)
+        .await
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -229,19 +231,18 @@ async fn disconnect(
     let connection_id = params
         .connection_id
         .unwrap_or_else(|| DEFAULT_CONNECTION_ID.into());
-    let reply = state
+    state
         .handler
         .disconnect(&new_request_id(), &connection_id)
-        .await;
-    text_reply(reply)
+        .await
+        .into_response()
 }
 
 /// An API Gateway WebSocket event in; the Lambda proxy response out, with
 /// the HTTP status mirroring `statusCode`.
 async fn events(State(state): State<AppState>, body: Bytes) -> Response {
     let response = handle_event_json(&state.handler, &body, None).await;
-    let status = StatusCode::from_u16(response.status_code).unwrap_or(StatusCode::OK);
-    (status, axum::Json(response)).into_response()
+    (http_status(response.status_code), axum::Json(response)).into_response()
 }
 
 async fn dev_jwks(State(state): State<AppState>) -> Response {
@@ -294,16 +295,6 @@ async fn dev_token(
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         dev.mint(&claims, unix_now()),
-    )
-        .into_response()
-}
-
-fn text_reply(reply: Reply) -> Response {
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        reply.body,
     )
         .into_response()
 }

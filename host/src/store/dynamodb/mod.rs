@@ -1,7 +1,5 @@
 //! Connection records in DynamoDB, in the table layout the rest of GitGazer
-//! reads: hash key `integrationId` (S), range key `connectionId` (S), a
-//! KEYS_ONLY GSI on `connectionId`, and `sub`, `connectedAt`, `expiresAt`
-//! (N, the TTL attribute) on each item.
+//! reads (`item`); `admin` creates that table.
 //!
 //! Who retries what:
 //! - the SDK (standard retry mode, [`SDK_MAX_ATTEMPTS`] attempts with
@@ -17,8 +15,10 @@
 //! eventually consistent: a DISCONNECT right after its CONNECT may find fewer
 //! records on real DynamoDB; `expiresAt` bounds how long a missed one lives.
 
+mod admin;
+mod item;
+
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
@@ -27,14 +27,14 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, GlobalSecondaryIndex,
-    KeySchemaElement, KeyType, Projection, ProjectionType, PutRequest, ScalarAttributeType,
-    TableStatus, TimeToLiveSpecification, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, WriteRequest};
 
-use super::rollback::{Pending, RollbackRetrier, RollbackRetry};
+use super::rollback::{Pending, RecentUncertain, RollbackRetrier, RollbackRetry};
 use super::{ConnectionRecord, ConnectionStore, RecordKey, StoreError};
+use crate::retry::Backoff;
+use item::{
+    CONNECTION_ID, INTEGRATION_ID, delete_request, put_request, record_from, string_attribute,
+};
 
 /// BatchWriteItem's limit of requests per call.
 pub const BATCH_LIMIT: usize = 25;
@@ -42,22 +42,13 @@ pub const BATCH_LIMIT: usize = 25;
 pub const SDK_MAX_ATTEMPTS: u32 = 3;
 /// How long one attempt may take before the SDK abandons it and retries.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Connections whose write may have a straggler, remembered at most.
-const MAX_RECENT_UNCERTAIN: usize = 10_000;
-
-const INTEGRATION_ID: &str = "integrationId";
-const CONNECTION_ID: &str = "connectionId";
-const SUB: &str = "sub";
-const CONNECTED_AT: &str = "connectedAt";
-const EXPIRES_AT: &str = "expiresAt";
 
 /// How `UnprocessedItems` are resubmitted.
 #[derive(Debug, Clone)]
 pub struct UnprocessedRetry {
     /// Resubmissions of one batch at most.
     pub max_resubmissions: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
+    pub backoff: Backoff,
     /// Time one batch may take, resubmissions included.
     pub total_budget: Duration,
 }
@@ -66,8 +57,10 @@ impl Default for UnprocessedRetry {
     fn default() -> Self {
         Self {
             max_resubmissions: 8,
-            base_delay: Duration::from_millis(25),
-            max_delay: Duration::from_millis(800),
+            backoff: Backoff {
+                base: Duration::from_millis(25),
+                max: Duration::from_millis(800),
+            },
             total_budget: Duration::from_secs(5),
         }
     }
@@ -92,11 +85,7 @@ pub struct DynamoDbStore {
     client: Client,
     options: DynamoDbOptions,
     rollbacks: RollbackRetrier,
-    /// Connections stored by a write that outlived an attempt: an abandoned
-    /// attempt may still land after a quick DISCONNECT deleted the records,
-    /// so that DISCONNECT is confirmed after the settle time.
-    /// Value: when written, and the records' `expiresAt`.
-    recent_uncertain: Arc<Mutex<HashMap<String, (Instant, u64)>>>,
+    recent_uncertain: RecentUncertain,
 }
 
 impl DynamoDbStore {
@@ -124,114 +113,8 @@ impl DynamoDbStore {
         Self {
             client: Client::new(&config),
             rollbacks: RollbackRetrier::new(options.rollback_retry.clone()),
-            recent_uncertain: Arc::default(),
+            recent_uncertain: RecentUncertain::default(),
             options,
-        }
-    }
-
-    /// Creates the table with its GSI (on-demand billing), waits until it is
-    /// active, and enables TTL on `expiresAt`. An existing table is kept.
-    /// Endpoints without UpdateTimeToLive (dynalite) get a warning.
-    pub async fn create_table(&self) -> anyhow::Result<()> {
-        let table = &self.options.table;
-        let key = |name: &str, key_type| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(key_type)
-                .build()
-        };
-        let string_attribute = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-        };
-        let index = GlobalSecondaryIndex::builder()
-            .index_name(&self.options.connection_id_index)
-            .key_schema(key(CONNECTION_ID, KeyType::Hash)?)
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::KeysOnly)
-                    .build(),
-            )
-            .build()?;
-        let created = self
-            .client
-            .create_table()
-            .table_name(table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(string_attribute(INTEGRATION_ID)?)
-            .attribute_definitions(string_attribute(CONNECTION_ID)?)
-            .key_schema(key(INTEGRATION_ID, KeyType::Hash)?)
-            .key_schema(key(CONNECTION_ID, KeyType::Range)?)
-            .global_secondary_indexes(index)
-            .send()
-            .await;
-        match created {
-            Ok(_) => tracing::info!(table, "table created"),
-            Err(e) if e.code() == Some("ResourceInUseException") => {
-                tracing::info!(table, "table exists; keeping it")
-            }
-            Err(e) => anyhow::bail!("creating table {table}: {}", DisplayErrorContext(&e)),
-        }
-        self.wait_until_active().await?;
-
-        let ttl = self
-            .client
-            .update_time_to_live()
-            .table_name(table)
-            .time_to_live_specification(
-                TimeToLiveSpecification::builder()
-                    .enabled(true)
-                    .attribute_name(EXPIRES_AT)
-                    .build()?,
-            )
-            .send()
-            .await;
-        match ttl {
-            Ok(_) => tracing::info!(table, attribute = EXPIRES_AT, "TTL enabled"),
-            Err(e) if e.code() == Some("UnknownOperationException") => tracing::warn!(
-                table,
-                "TTL not supported by this endpoint (UpdateTimeToLive unknown); records expire only on real DynamoDB"
-            ),
-            Err(e) if e.message().is_some_and(|m| m.contains("already enabled")) => {
-                tracing::info!(table, "TTL already enabled")
-            }
-            Err(e) => anyhow::bail!("enabling TTL on {table}: {}", DisplayErrorContext(&e)),
-        }
-        Ok(())
-    }
-
-    async fn wait_until_active(&self) -> anyhow::Result<()> {
-        let table = &self.options.table;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let described = self.client.describe_table().table_name(table).send().await;
-            let active = match &described {
-                Ok(out) => {
-                    let table_active =
-                        out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active);
-                    let indexes_active = out
-                        .table()
-                        .map(|t| t.global_secondary_indexes())
-                        .unwrap_or_default()
-                        .iter()
-                        .all(|i| {
-                            i.index_status() == Some(&aws_sdk_dynamodb::types::IndexStatus::Active)
-                        });
-                    table_active && indexes_active
-                }
-                // Briefly invisible right after CreateTable on some endpoints.
-                Err(e) if e.code() == Some("ResourceNotFoundException") => false,
-                Err(e) => anyhow::bail!("describing table {table}: {}", DisplayErrorContext(e)),
-            };
-            if active {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                anyhow::bail!("table {table} did not become active within 120 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -257,7 +140,7 @@ impl DynamoDbStore {
                 return Ok(());
             }
             resubmissions += 1;
-            let delay = backoff(retry, resubmissions);
+            let delay = retry.backoff.delay(resubmissions);
             if resubmissions > retry.max_resubmissions
                 || started.elapsed() + delay > retry.total_budget
             {
@@ -278,35 +161,15 @@ impl DynamoDbStore {
         }
     }
 
-    fn remember_uncertain(&self, connection_id: &str, expires_at: u64) {
-        let settle = self.options.rollback_retry.settle;
-        let mut recent = self
-            .recent_uncertain
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        recent.retain(|_, (written, _)| written.elapsed() < settle);
-        if recent.len() < MAX_RECENT_UNCERTAIN {
-            recent.insert(connection_id.to_owned(), (Instant::now(), expires_at));
-        }
-    }
-
     /// After a DISCONNECT's delete: if the connection's records were written
     /// by a write that outlived an attempt, within the settle time, delete
     /// them once more later (the abandoned attempt may land after us).
     fn confirm_if_uncertain(&self, keys: &[RecordKey]) {
-        let Some(connection_id) = keys.first().map(|k| k.connection_id.clone()) else {
+        let Some(connection_id) = keys.first().map(|k| k.connection_id.as_str()) else {
             return;
         };
-        let written = {
-            let mut recent = self
-                .recent_uncertain
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            recent.remove(&connection_id)
-        };
-        if let Some((at, expires_at)) = written
-            && at.elapsed() < self.options.rollback_retry.settle
-        {
+        let settle = self.options.rollback_retry.settle;
+        if let Some(expires_at) = self.recent_uncertain.take(connection_id, settle) {
             tracing::info!(
                 connection_id,
                 "disconnect soon after an uncertain write; confirming later"
@@ -348,7 +211,6 @@ impl DynamoDbStore {
         }
     }
 
-    /// Deletes keys in chunks; returns how many were deleted.
     /// Every item a Query on the table matches, over all its pages
     /// (following `LastEvaluatedKey`), each read by `read`; `query` adds the
     /// index, the key condition and the consistency.
@@ -376,6 +238,7 @@ impl DynamoDbStore {
         }
     }
 
+    /// Deletes keys in chunks; returns how many were deleted.
     async fn delete_keys(&self, keys: &[RecordKey]) -> Result<u32, StoreError> {
         let keys = unique(keys.iter().cloned(), |k| k.clone());
         let mut deleted = 0u32;
@@ -419,7 +282,9 @@ impl ConnectionStore for DynamoDbStore {
             }
         }
         if outlived_an_attempt && let Some(record) = records.first() {
-            self.remember_uncertain(&record.connection_id, record.expires_at);
+            let settle = self.options.rollback_retry.settle;
+            self.recent_uncertain
+                .remember(&record.connection_id, record.expires_at, settle);
         }
         Ok(())
     }
@@ -474,84 +339,6 @@ impl ConnectionStore for DynamoDbStore {
     }
 }
 
-fn put_request(record: &ConnectionRecord) -> Result<WriteRequest, StoreError> {
-    let item = HashMap::from([
-        (
-            INTEGRATION_ID.to_owned(),
-            AttributeValue::S(record.integration_id.clone()),
-        ),
-        (
-            CONNECTION_ID.to_owned(),
-            AttributeValue::S(record.connection_id.clone()),
-        ),
-        (SUB.to_owned(), AttributeValue::S(record.sub.clone())),
-        (
-            CONNECTED_AT.to_owned(),
-            AttributeValue::S(record.connected_at.clone()),
-        ),
-        (
-            EXPIRES_AT.to_owned(),
-            AttributeValue::N(record.expires_at.to_string()),
-        ),
-    ]);
-    let put = PutRequest::builder()
-        .set_item(Some(item))
-        .build()
-        .map_err(|e| StoreError::Other(format!("building a PutRequest: {e}")))?;
-    Ok(WriteRequest::builder().put_request(put).build())
-}
-
-fn delete_request(key: &RecordKey) -> Result<WriteRequest, StoreError> {
-    let delete = DeleteRequest::builder()
-        .set_key(Some(key_attributes(key)))
-        .build()
-        .map_err(|e| StoreError::Other(format!("building a DeleteRequest: {e}")))?;
-    Ok(WriteRequest::builder().delete_request(delete).build())
-}
-
-fn key_attributes(key: &RecordKey) -> HashMap<String, AttributeValue> {
-    HashMap::from([
-        (
-            INTEGRATION_ID.to_owned(),
-            AttributeValue::S(key.integration_id.clone()),
-        ),
-        (
-            CONNECTION_ID.to_owned(),
-            AttributeValue::S(key.connection_id.clone()),
-        ),
-    ])
-}
-
-/// A stored item as a record; `sub` and `connectedAt` may be missing on
-/// records written by other tools (empty then), the keys and `expiresAt`
-/// may not.
-fn record_from(item: &HashMap<String, AttributeValue>) -> Result<ConnectionRecord, StoreError> {
-    let expires_at = match item.get(EXPIRES_AT) {
-        Some(AttributeValue::N(number)) => number.parse().ok(),
-        _ => None,
-    }
-    .ok_or_else(|| StoreError::Other(format!("Query: an item without a numeric {EXPIRES_AT}")))?;
-    Ok(ConnectionRecord {
-        integration_id: string_attribute(item, INTEGRATION_ID)?,
-        connection_id: string_attribute(item, CONNECTION_ID)?,
-        sub: string_attribute(item, SUB).unwrap_or_default(),
-        connected_at: string_attribute(item, CONNECTED_AT).unwrap_or_default(),
-        expires_at,
-    })
-}
-
-fn string_attribute(
-    item: &HashMap<String, AttributeValue>,
-    name: &str,
-) -> Result<String, StoreError> {
-    match item.get(name) {
-        Some(AttributeValue::S(value)) => Ok(value.clone()),
-        _ => Err(StoreError::Other(format!(
-            "Query: an item without a string {name}"
-        ))),
-    }
-}
-
 /// Keeps the first of each key, in order.
 fn unique<T, K: std::hash::Hash + Eq>(
     items: impl Iterator<Item = T>,
@@ -559,15 +346,6 @@ fn unique<T, K: std::hash::Hash + Eq>(
 ) -> Vec<T> {
     let mut seen = HashSet::new();
     items.filter(|item| seen.insert(key(item))).collect()
-}
-
-/// Exponential backoff with full jitter: uniform in [0, min(max, base·2^n)].
-fn backoff(retry: &UnprocessedRetry, attempt: u32) -> Duration {
-    let exponential = retry
-        .base_delay
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(retry.max_delay);
-    exponential.mul_f64(fastrand::f64())
 }
 
 /// Maps an SDK error to the store error classes of the WIT.
@@ -599,23 +377,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_and_stays_bounded() {
-        let retry = UnprocessedRetry::default();
-        for attempt in 0..40 {
-            assert!(backoff(&retry, attempt) <= retry.max_delay);
-        }
-        // Full jitter: over many draws the mean of attempt 3 (cap 200 ms)
-        // sits near 100 ms, well above attempt 0's (cap 25 ms).
-        let mean = |attempt| {
-            (0..2000)
-                .map(|_| backoff(&retry, attempt).as_secs_f64())
-                .sum::<f64>()
-                / 2000.0
-        };
-        assert!(mean(3) > mean(0) * 3.0);
-    }
 
     #[test]
     fn unique_keeps_the_first_of_each_key() {

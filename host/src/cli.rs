@@ -1,19 +1,21 @@
 //! Command line and environment: every setting has a flag and an env
 //! variable (the original handler's names where it had one). `--help`
-//! documents them all.
+//! documents them all. Defaults come from the modules that own each knob;
+//! this file only names them for the command line.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
-use crate::component::{EngineOptions, GuestBuild, PolicySettings};
-use crate::dev::{DEV_CLIENT_ID, DEV_ISSUER};
-use crate::store::{DynamoDbOptions, RollbackRetry, UnprocessedRetry};
-
-/// Records outlive the connection by a little: API Gateway closes a
-/// WebSocket after 2 h at most; 5 min more covers clock skew.
-pub const DEFAULT_RECORD_TTL_SECONDS: u32 = 2 * 3600 + 5 * 60;
+use crate::delivery::{DeliveryOptions, MAX_MESSAGE_BYTES};
+use crate::edge::websocket::{LONGEST_SOCKET_LIMIT, QUEUED_MESSAGE_OVERHEAD, SocketLimits};
+use crate::policy::{EngineOptions, GuestBuild};
+use crate::settings::{DEFAULT_LEEWAY_SECONDS, DEFAULT_RECORD_TTL_SECONDS, TokenMode, non_empty};
+use crate::startup::StartOptions;
+use crate::store::DynamoDbOptions;
+use crate::wit::types::Settings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -93,22 +95,22 @@ pub struct GlobalArgs {
     #[arg(long, env = "DYNAMODB_QUERY_PAGE_LIMIT", global = true)]
     pub query_page_limit: Option<u16>,
     /// Clock skew tolerated on exp, nbf and iat.
-    #[arg(long, env = "JWT_LEEWAY_SECONDS", default_value_t = 0, global = true)]
+    #[arg(long, env = "JWT_LEEWAY_SECONDS", default_value_t = DEFAULT_LEEWAY_SECONDS, global = true)]
     pub leeway_seconds: u32,
     /// Lifetime of a stored record (its expiresAt TTL).
     #[arg(long, env = "RECORD_TTL_SECONDS", default_value_t = DEFAULT_RECORD_TTL_SECONDS, global = true)]
     pub record_ttl_seconds: u32,
     /// Guest instances alive at once (requests handled concurrently).
-    #[arg(long, env = "MAX_INSTANCES", default_value_t = 64, global = true)]
+    #[arg(long, env = "MAX_INSTANCES", default_value_t = EngineOptions::default().max_instances, global = true)]
     pub max_instances: u32,
     /// Linear memory one guest instance may use, in MiB.
-    #[arg(long, env = "GUEST_MEMORY_MIB", default_value_t = 64, global = true)]
+    #[arg(long, env = "GUEST_MEMORY_MIB", default_value_t = EngineOptions::default().max_memory_bytes >> 20, global = true)]
     pub guest_memory_mib: usize,
     /// Guest CPU time one request may use, in milliseconds.
     #[arg(
         long,
         env = "GUEST_TIME_BUDGET_MS",
-        default_value_t = 1000,
+        default_value_t = EngineOptions::default().guest_time_budget.as_millis() as u64,
         global = true
     )]
     pub guest_time_budget_ms: u64,
@@ -128,8 +130,9 @@ pub struct GlobalArgs {
     #[arg(
         long,
         env = "GITGAZER_WS_GUEST_BUILD",
-        value_enum,
         default_value = "auto",
+        value_parser = PossibleValuesParser::new(GuestBuild::NAMES)
+            .try_map(|name| name.parse::<GuestBuild>()),
         global = true
     )]
     pub guest_build: GuestBuild,
@@ -170,42 +173,44 @@ pub struct ServeArgs {
     #[arg(long, env = "WEBSOCKET_API_ENDPOINT")]
     pub websocket_api_endpoint: Option<String>,
     /// Open WebSockets at once on `/ws`; more are refused with 503.
-    #[arg(long, env = "MAX_WEBSOCKETS", default_value_t = 10_000)]
+    #[arg(long, env = "MAX_WEBSOCKETS", default_value_t = SocketLimits::default().max_connections)]
     pub max_websockets: usize,
     /// A WebSocket without a data frame either way for this long is closed
     /// (API Gateway: 10 min). A duration: `90s`, `10m`, `1h 30m`.
-    #[arg(long, env = "WS_IDLE_TIMEOUT", default_value = "10m", value_parser = positive_duration)]
-    pub ws_idle_timeout: Duration,
+    #[arg(long, env = "WS_IDLE_TIMEOUT", value_parser = positive_duration,
+          default_value_t = SocketLimits::default().idle_timeout.into())]
+    pub ws_idle_timeout: humantime::Duration,
     /// A WebSocket is closed at this age (API Gateway: 2 h).
-    #[arg(long, env = "WS_MAX_AGE", default_value = "2h", value_parser = positive_duration)]
-    pub ws_max_age: Duration,
+    #[arg(long, env = "WS_MAX_AGE", value_parser = positive_duration,
+          default_value_t = SocketLimits::default().max_age.into())]
+    pub ws_max_age: humantime::Duration,
     /// A ping this often; a WebSocket that has not answered the previous
     /// one by then is dropped.
-    #[arg(long, env = "WS_PING_INTERVAL", default_value = "30s", value_parser = positive_duration)]
-    pub ws_ping_interval: Duration,
+    #[arg(long, env = "WS_PING_INTERVAL", value_parser = positive_duration,
+          default_value_t = SocketLimits::default().ping_interval.into())]
+    pub ws_ping_interval: humantime::Duration,
     /// Bytes waiting for one WebSocket (plus 64 per message); a reader that
     /// falls further behind is disconnected. At least one message (128 KiB).
-    #[arg(long, env = "WS_SEND_QUEUE_BYTES", default_value_t = 1024 * 1024,
+    #[arg(long, env = "WS_SEND_QUEUE_BYTES", default_value_t = SocketLimits::default().send_queue_bytes as u64,
           value_parser = clap::value_parser!(u64).range(SMALLEST_SEND_QUEUE..))]
     pub ws_send_queue_bytes: u64,
 }
 
 /// A send queue must hold the largest message.
-const SMALLEST_SEND_QUEUE: u64 =
-    (crate::delivery::MAX_MESSAGE_BYTES + crate::websocket::QUEUED_MESSAGE_OVERHEAD) as u64;
+const SMALLEST_SEND_QUEUE: u64 = (MAX_MESSAGE_BYTES + QUEUED_MESSAGE_OVERHEAD) as u64;
 
 /// A duration such as `500ms`, `30s`, `10m` or `2h`: more than zero, at
 /// most 366 days.
-fn positive_duration(text: &str) -> Result<Duration, String> {
+fn positive_duration(text: &str) -> Result<humantime::Duration, String> {
     let duration =
         humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 30s, 10m, 2h)"))?;
     if duration.is_zero() {
         return Err("must be more than zero".into());
     }
-    if duration > crate::websocket::LONGEST_SOCKET_LIMIT {
+    if duration > LONGEST_SOCKET_LIMIT {
         return Err("must be at most 366 days".into());
     }
-    Ok(duration)
+    Ok(duration.into())
 }
 
 #[derive(Debug, Args)]
@@ -239,7 +244,7 @@ pub struct DeliverArgs {
     #[arg(long, env = "WEBSOCKET_API_ENDPOINT")]
     pub endpoint: String,
     /// Posts in flight at once.
-    #[arg(long, env = "DELIVERY_CONCURRENCY", default_value_t = 32)]
+    #[arg(long, env = "DELIVERY_CONCURRENCY", default_value_t = DeliveryOptions::default().concurrency)]
     pub concurrency: usize,
 }
 
@@ -254,63 +259,30 @@ pub struct CompileArgs {
     pub portable: bool,
 }
 
-/// Where tokens come from and what they must say.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenMode {
-    /// A key made at start; tokens from `/dev/token`.
-    Dev,
-    /// A Cognito user pool.
-    Cognito {
-        region: String,
-        user_pool_id: String,
-        client_id: String,
-        jwks_url: String,
-    },
-}
-
 impl GlobalArgs {
-    /// Dev mode when no user pool is configured; else every Cognito setting
-    /// must be present and well-formed.
-    pub fn token_mode(&self) -> anyhow::Result<TokenMode> {
-        let Some(user_pool_id) = non_empty(&self.user_pool_id) else {
-            return Ok(TokenMode::Dev);
-        };
-        let region = non_empty(&self.region).ok_or_else(|| {
-            anyhow::anyhow!("AWS_REGION (--region) is required when COGNITO_USER_POOL_ID is set")
-        })?;
-        let client_id = non_empty(&self.client_id).ok_or_else(|| {
-            anyhow::anyhow!(
-                "COGNITO_CLIENT_ID (--client-id) is required when COGNITO_USER_POOL_ID is set"
-            )
-        })?;
-        validate_user_pool_id(user_pool_id, region)?;
-        let jwks_url = non_empty(&self.jwks_url)
-            .map(str::to_owned)
-            .unwrap_or_else(|| cognito_jwks_url(region, user_pool_id));
-        Ok(TokenMode::Cognito {
-            region: region.into(),
-            user_pool_id: user_pool_id.into(),
-            client_id: client_id.into(),
-            jwks_url,
+    /// Everything `startup::start` needs; a configuration error names the
+    /// variable.
+    pub fn start_options(&self) -> anyhow::Result<StartOptions> {
+        let mode = self.token_mode()?;
+        Ok(StartOptions {
+            settings: self.policy_settings(&mode),
+            mode,
+            engine: self.engine_options(),
+            table: self.dynamodb_options(),
         })
     }
 
-    pub fn policy_settings(&self, mode: &TokenMode) -> PolicySettings {
-        let (issuer, audience) = match mode {
-            TokenMode::Dev => (DEV_ISSUER.to_owned(), DEV_CLIENT_ID.to_owned()),
-            TokenMode::Cognito {
-                region,
-                user_pool_id,
-                client_id,
-                ..
-            } => (cognito_issuer(region, user_pool_id), client_id.clone()),
-        };
-        PolicySettings {
-            issuer,
-            audience,
-            leeway_seconds: self.leeway_seconds,
-            record_ttl_seconds: self.record_ttl_seconds,
-        }
+    pub fn token_mode(&self) -> anyhow::Result<TokenMode> {
+        TokenMode::new(
+            self.user_pool_id.as_deref(),
+            self.region.as_deref(),
+            self.client_id.as_deref(),
+            self.jwks_url.as_deref(),
+        )
+    }
+
+    pub fn policy_settings(&self, mode: &TokenMode) -> Settings {
+        mode.policy_settings(self.leeway_seconds, self.record_ttl_seconds)
     }
 
     pub fn engine_options(&self) -> EngineOptions {
@@ -327,29 +299,38 @@ impl GlobalArgs {
             cache_dir: if self.no_cache {
                 None
             } else {
-                self.cache_dir.clone().or(defaults.cache_dir)
+                self.cache_dir.clone().or(defaults.cache_dir.clone())
             },
-            pooling: defaults.pooling,
-            keep_resident_bytes: defaults.keep_resident_bytes,
-            pagemap_scan: defaults.pagemap_scan,
             guest_build: self.guest_build,
-            enforce_guest_time_budget: defaults.enforce_guest_time_budget,
+            ..defaults
         }
     }
-}
 
-impl GlobalArgs {
     /// The table settings, when TABLE_NAME is set.
     pub fn dynamodb_options(&self) -> Option<DynamoDbOptions> {
-        let table = non_empty(&self.table_name)?;
+        let table = non_empty(self.table_name.as_deref())?;
         Some(DynamoDbOptions {
             table: table.to_owned(),
             connection_id_index: self.connection_id_index.clone(),
-            region: non_empty(&self.region).map(str::to_owned),
+            region: non_empty(self.region.as_deref()).map(str::to_owned),
             query_page_limit: self.query_page_limit.filter(|&n| n > 0).map(i32::from),
-            unprocessed_retry: UnprocessedRetry::default(),
-            rollback_retry: RollbackRetry::default(),
+            unprocessed_retry: Default::default(),
+            rollback_retry: Default::default(),
         })
+    }
+}
+
+impl ServeArgs {
+    /// The self-hosted endpoint's bounds.
+    pub fn socket_limits(&self) -> SocketLimits {
+        SocketLimits {
+            max_connections: self.max_websockets.max(1),
+            send_queue_bytes: usize::try_from(self.ws_send_queue_bytes).unwrap_or(usize::MAX),
+            idle_timeout: self.ws_idle_timeout.into(),
+            max_age: self.ws_max_age.into(),
+            ping_interval: self.ws_ping_interval.into(),
+            ..SocketLimits::default()
+        }
     }
 }
 
@@ -366,83 +347,9 @@ pub fn precompiled_beside_executable() -> Option<PathBuf> {
 /// The precompiled component's file name beside the executable.
 pub const PRECOMPILED_FILE_NAME: &str = "gitgazer-ws.cwasm";
 
-pub fn cognito_issuer(region: &str, user_pool_id: &str) -> String {
-    format!("https://cognito-idp.{region}.amazonaws.com/{user_pool_id}")
-}
-
-pub fn cognito_jwks_url(region: &str, user_pool_id: &str) -> String {
-    format!(
-        "{}/.well-known/jwks.json",
-        cognito_issuer(region, user_pool_id)
-    )
-}
-
-/// `<region>_<id>`, the region being the configured one: a pool id from
-/// another region would make every token's issuer mismatch.
-pub fn validate_user_pool_id(user_pool_id: &str, region: &str) -> anyhow::Result<()> {
-    let well_formed = user_pool_id
-        .split_once('_')
-        .is_some_and(|(pool_region, id)| {
-            is_region(pool_region)
-                && !id.is_empty()
-                && id.chars().all(|c| c.is_ascii_alphanumeric())
-        });
-    if !well_formed {
-        anyhow::bail!(
-            "COGNITO_USER_POOL_ID {user_pool_id:?} is not a user pool id of the form \
-             <region>_<id>, e.g. eu-west-1_AbCdEf123"
-        );
-    }
-    if !is_region(region) {
-        anyhow::bail!("AWS_REGION {region:?} is not a region name such as eu-west-1");
-    }
-    let pool_region = user_pool_id.split('_').next().unwrap_or_default();
-    if pool_region != region {
-        anyhow::bail!(
-            "COGNITO_USER_POOL_ID {user_pool_id:?} belongs to region {pool_region}, \
-             but AWS_REGION is {region}"
-        );
-    }
-    Ok(())
-}
-
-/// `eu-west-1`, `us-gov-west-1`, `ap-southeast-2`: lowercase words and a number.
-fn is_region(name: &str) -> bool {
-    let parts: Vec<&str> = name.split('-').collect();
-    parts.len() >= 3
-        && parts[..parts.len() - 1]
-            .iter()
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
-        && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
-        && !parts[parts.len() - 1].is_empty()
-}
-
-fn non_empty(value: &Option<String>) -> Option<&str> {
-    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn user_pool_ids_are_checked_against_the_region() {
-        assert!(validate_user_pool_id("eu-west-1_AbC123", "eu-west-1").is_ok());
-        assert!(validate_user_pool_id("us-gov-west-1_x9", "us-gov-west-1").is_ok());
-        for bad in [
-            "",
-            "eu-west-1",
-            "eu-west-1_",
-            "_abc",
-            "EU-west-1_abc",
-            "eu-west-1_a-b",
-        ] {
-            let err = validate_user_pool_id(bad, "eu-west-1").unwrap_err();
-            assert!(err.to_string().contains("<region>_<id>"), "{bad}: {err}");
-        }
-        let err = validate_user_pool_id("us-east-1_abc", "eu-west-1").unwrap_err();
-        assert!(err.to_string().contains("AWS_REGION is eu-west-1"), "{err}");
-    }
 
     #[test]
     fn cognito_mode_names_the_missing_variable() {
@@ -470,13 +377,14 @@ mod tests {
             })
         };
         let defaults = serve(&[]).unwrap();
-        assert_eq!(defaults.ws_idle_timeout, Duration::from_secs(600));
-        assert_eq!(defaults.ws_max_age, Duration::from_secs(7200));
-        assert_eq!(defaults.ws_ping_interval, Duration::from_secs(30));
+        let limits = defaults.socket_limits();
+        assert_eq!(limits.idle_timeout, Duration::from_secs(600));
+        assert_eq!(limits.max_age, Duration::from_secs(7200));
+        assert_eq!(limits.ping_interval, Duration::from_secs(30));
         assert_eq!(defaults.ws_send_queue_bytes, 1024 * 1024);
         let set = serve(&["--ws-idle-timeout", "1m 30s", "--ws-ping-interval", "500ms"]).unwrap();
-        assert_eq!(set.ws_idle_timeout, Duration::from_secs(90));
-        assert_eq!(set.ws_ping_interval, Duration::from_millis(500));
+        assert_eq!(*set.ws_idle_timeout, Duration::from_secs(90));
+        assert_eq!(*set.ws_ping_interval, Duration::from_millis(500));
         for (flag, value, says) in [
             ("--ws-ping-interval", "0s", "more than zero"),
             ("--ws-max-age", "soon", "e.g. 30s"),

@@ -12,10 +12,9 @@ use std::convert::Infallible;
 use lambda_runtime::{LambdaEvent, service_fn};
 use tracing::Instrument;
 
-use crate::config::GlobalArgs;
-use crate::events::{ProxyResponse, decode_event_value, handle_event};
+use super::events::{ProxyResponse, decode_event_value, handle_event};
 use crate::service::Handler;
-use crate::startup;
+use crate::startup::{self, StartOptions};
 
 /// What the Lambda environment always sets, and `lambda_runtime` requires.
 const REQUIRED_LAMBDA_VARIABLES: [&str; 4] = [
@@ -26,7 +25,9 @@ const REQUIRED_LAMBDA_VARIABLES: [&str; 4] = [
 ];
 
 /// Runs the Runtime API loop until the environment is shut down.
-pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
+/// `options`: the configuration, or why it is wrong (reported as an init
+/// error like any other start-up failure).
+pub async fn run(options: anyhow::Result<StartOptions>) -> anyhow::Result<()> {
     // lambda_runtime panics without these; say plainly what is missing.
     for variable in REQUIRED_LAMBDA_VARIABLES {
         if std::env::var_os(variable).is_none() {
@@ -37,7 +38,7 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let started = match startup::start(global).await {
+    let started = match async { startup::start(options?).await }.await {
         Ok(started) => started,
         Err(error) => {
             report_init_error(&format!("{error:#}")).await;

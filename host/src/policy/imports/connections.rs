@@ -1,0 +1,61 @@
+//! `connections`: the record store (`crate::store`). What a request stores
+//! goes into its ledger, so a trap after the write can undo it.
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Linker};
+
+use crate::policy::request::{GuestClock, Ledger, RequestState};
+use crate::store::ConnectionStore;
+use crate::wit::connections;
+use crate::wit::types::{ConnectionRecord, RecordKey, StoreError};
+
+pub struct ConnectionsHost<'a> {
+    store: &'a Arc<dyn ConnectionStore>,
+    request_id: &'a str,
+    clock: &'a mut GuestClock,
+    ledger: &'a mut Ledger,
+}
+
+struct Connections;
+
+impl HasData for Connections {
+    type Data<'a> = ConnectionsHost<'a>;
+}
+
+pub fn add_to_linker(linker: &mut Linker<RequestState>) -> wasmtime::Result<()> {
+    connections::add_to_linker::<_, Connections>(linker, |state| ConnectionsHost {
+        store: &state.caps.store,
+        request_id: &state.request_id,
+        clock: &mut state.clock,
+        ledger: &mut state.ledger,
+    })
+}
+
+impl connections::Host for ConnectionsHost<'_> {
+    async fn put_all(&mut self, records: Vec<ConnectionRecord>) -> Result<(), StoreError> {
+        let result = self.clock.wait(self.store.put_all(&records)).await;
+        if result.is_ok() {
+            self.ledger.stored(&records);
+        }
+        result.inspect_err(|e| self.report(e))
+    }
+
+    async fn keys_of(&mut self, connection_id: String) -> Result<Vec<RecordKey>, StoreError> {
+        let result = self.clock.wait(self.store.keys_of(&connection_id)).await;
+        result.inspect_err(|e| self.report(e))
+    }
+
+    async fn delete(&mut self, keys: Vec<RecordKey>) -> Result<u32, StoreError> {
+        let result = self.clock.wait(self.store.delete(&keys)).await;
+        result.inspect_err(|e| self.report(e))
+    }
+}
+
+impl ConnectionsHost<'_> {
+    /// Store failures are logged here with the request id; the guest sees
+    /// the class and answers the client generically.
+    fn report(&self, error: &StoreError) {
+        tracing::warn!(request_id = %self.request_id, %error, "store operation failed");
+    }
+}

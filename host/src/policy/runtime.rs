@@ -1,0 +1,136 @@
+//! Runs the policy: one fresh guest instance per request (from the
+//! engine's pre-linked component), called with the generated types. A trap
+//! fails that one request with 500; the instance is dropped, never reused,
+//! and the host keeps serving.
+
+use std::sync::Arc;
+
+use super::engine::{EngineOptions, LoadedGuest, PolicyEngine};
+use super::request::Capabilities;
+use crate::wit::types::{
+    ConnectRequest, DisconnectRequest, Identity, Response, Settings, TokenRejection,
+};
+
+/// The body of every 500: nothing about internals reaches clients.
+pub const INTERNAL_ERROR_BODY: &str = "Internal server error.";
+
+impl Response {
+    pub fn internal_error() -> Self {
+        Self {
+            status: 500,
+            body: INTERNAL_ERROR_BODY.into(),
+        }
+    }
+}
+
+/// A token's verdict, from `verify-token`; a rejection's WIT name
+/// (`bad-signature`, ...) is `TokenRejection::name`.
+pub type Verdict = Result<Identity, TokenRejection>;
+
+pub struct PolicyRuntime {
+    engine: PolicyEngine,
+}
+
+impl PolicyRuntime {
+    pub fn new(options: EngineOptions) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            engine: PolicyEngine::new(&options)?,
+        }))
+    }
+
+    /// Which guest runs.
+    pub fn loaded_guest(&self) -> LoadedGuest {
+        self.engine.loaded_guest()
+    }
+
+    /// Decides a CONNECT.
+    pub async fn connect(
+        &self,
+        caps: &Capabilities,
+        request_id: &str,
+        connection_id: &str,
+        id_token: Option<&str>,
+        now: u64,
+        settings: &Settings,
+    ) -> Response {
+        let request = ConnectRequest {
+            connection_id: connection_id.to_owned(),
+            id_token: id_token.map(str::to_owned),
+            now,
+            settings: settings.clone(),
+        };
+        let Some(_slot) = self.engine.admit().await else {
+            return Response::internal_error();
+        };
+        let (mut store, guest) = match self.engine.instantiate(caps, request_id).await {
+            Ok(instance) => instance,
+            Err(e) => return failed(request_id, "instantiate", &e),
+        };
+        let result = guest
+            .gitgazer_ws_handler_handler()
+            .call_handle_connect(&mut store, &request)
+            .await;
+        match result {
+            Ok(response) => response,
+            Err(trap) => {
+                let ledger = std::mem::take(&mut store.data_mut().ledger);
+                ledger.roll_back(&*caps.store, request_id).await;
+                failed(request_id, "handle-connect", &trap)
+            }
+        }
+    }
+
+    /// Decides a DISCONNECT.
+    pub async fn disconnect(
+        &self,
+        caps: &Capabilities,
+        request_id: &str,
+        connection_id: &str,
+    ) -> Response {
+        let request = DisconnectRequest {
+            connection_id: connection_id.to_owned(),
+        };
+        let Some(_slot) = self.engine.admit().await else {
+            return Response::internal_error();
+        };
+        let (mut store, guest) = match self.engine.instantiate(caps, request_id).await {
+            Ok(instance) => instance,
+            Err(e) => return failed(request_id, "instantiate", &e),
+        };
+        guest
+            .gitgazer_ws_handler_handler()
+            .call_handle_disconnect(&mut store, &request)
+            .await
+            .unwrap_or_else(|trap| failed(request_id, "handle-disconnect", &trap))
+    }
+
+    /// Verifies a token alone, through the same guest code as CONNECT.
+    pub async fn verify_token(
+        &self,
+        caps: &Capabilities,
+        token: &str,
+        now: u64,
+        settings: &Settings,
+    ) -> anyhow::Result<Verdict> {
+        let _slot = self
+            .engine
+            .admit()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("runtime closed"))?;
+        let (mut store, guest) = self
+            .engine
+            .instantiate(caps, "verify-token")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        guest
+            .gitgazer_ws_handler_handler()
+            .call_verify_token(&mut store, token, now, settings)
+            .await
+            .map_err(|e| anyhow::anyhow!("the guest trapped: {e}"))
+    }
+}
+
+fn failed(request_id: &str, stage: &str, error: &wasmtime::Error) -> Response {
+    tracing::error!(request_id, stage, error = %format!("{error:#}"), "guest failed; request answered 500");
+    Response::internal_error()
+}

@@ -1,0 +1,95 @@
+//! The item layout the rest of GitGazer reads: hash key `integrationId` (S),
+//! range key `connectionId` (S), and `sub`, `connectedAt`, `expiresAt` (N,
+//! the TTL attribute) on each item; a KEYS_ONLY GSI on `connectionId`.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
+
+use crate::store::{ConnectionRecord, RecordKey, StoreError};
+
+pub const INTEGRATION_ID: &str = "integrationId";
+pub const CONNECTION_ID: &str = "connectionId";
+pub const SUB: &str = "sub";
+pub const CONNECTED_AT: &str = "connectedAt";
+pub const EXPIRES_AT: &str = "expiresAt";
+
+pub(super) fn put_request(record: &ConnectionRecord) -> Result<WriteRequest, StoreError> {
+    let item = HashMap::from([
+        (
+            INTEGRATION_ID.to_owned(),
+            AttributeValue::S(record.integration_id.clone()),
+        ),
+        (
+            CONNECTION_ID.to_owned(),
+            AttributeValue::S(record.connection_id.clone()),
+        ),
+        (SUB.to_owned(), AttributeValue::S(record.sub.clone())),
+        (
+            CONNECTED_AT.to_owned(),
+            AttributeValue::S(record.connected_at.clone()),
+        ),
+        (
+            EXPIRES_AT.to_owned(),
+            AttributeValue::N(record.expires_at.to_string()),
+        ),
+    ]);
+    let put = PutRequest::builder()
+        .set_item(Some(item))
+        .build()
+        .map_err(|e| StoreError::Other(format!("building a PutRequest: {e}")))?;
+    Ok(WriteRequest::builder().put_request(put).build())
+}
+
+pub(super) fn delete_request(key: &RecordKey) -> Result<WriteRequest, StoreError> {
+    let delete = DeleteRequest::builder()
+        .set_key(Some(key_attributes(key)))
+        .build()
+        .map_err(|e| StoreError::Other(format!("building a DeleteRequest: {e}")))?;
+    Ok(WriteRequest::builder().delete_request(delete).build())
+}
+
+fn key_attributes(key: &RecordKey) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        (
+            INTEGRATION_ID.to_owned(),
+            AttributeValue::S(key.integration_id.clone()),
+        ),
+        (
+            CONNECTION_ID.to_owned(),
+            AttributeValue::S(key.connection_id.clone()),
+        ),
+    ])
+}
+
+/// A stored item as a record; `sub` and `connectedAt` may be missing on
+/// records written by other tools (empty then), the keys and `expiresAt`
+/// may not.
+pub(super) fn record_from(
+    item: &HashMap<String, AttributeValue>,
+) -> Result<ConnectionRecord, StoreError> {
+    let expires_at = match item.get(EXPIRES_AT) {
+        Some(AttributeValue::N(number)) => number.parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| StoreError::Other(format!("Query: an item without a numeric {EXPIRES_AT}")))?;
+    Ok(ConnectionRecord {
+        integration_id: string_attribute(item, INTEGRATION_ID)?,
+        connection_id: string_attribute(item, CONNECTION_ID)?,
+        sub: string_attribute(item, SUB).unwrap_or_default(),
+        connected_at: string_attribute(item, CONNECTED_AT).unwrap_or_default(),
+        expires_at,
+    })
+}
+
+pub(super) fn string_attribute(
+    item: &HashMap<String, AttributeValue>,
+    name: &str,
+) -> Result<String, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::S(value)) => Ok(value.clone()),
+        _ => Err(StoreError::Other(format!(
+            "Query: an item without a string {name}"
+        ))),
+    }
+}
