@@ -214,7 +214,7 @@ fn sign(header: &Value, claims: &Value) -> String {
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
     let signature = private_key()
-        .pkcs1v15_sign::<rsa::sha2::Sha256>(signing_input.as_bytes())
+        .pkcs1v15_sign::<Sha256>(signing_input.as_bytes())
         .expect("sign");
     format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
 }

@@ -46,6 +46,7 @@ unsafe extern "C" {
 // allocator for wasi).
 unsafe impl GlobalAlloc for LibcMalloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: a size and an alignment libc accepts; see the impl's note.
         unsafe {
             if malloc_aligns(layout.align(), layout.size()) {
                 malloc(layout.size())
@@ -56,10 +57,13 @@ unsafe impl GlobalAlloc for LibcMalloc {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, _: Layout) {
+        // SAFETY: `ptr` came from `alloc` or `realloc` (GlobalAlloc's contract).
         unsafe { free(ptr) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` holds `layout.size()` bytes from this allocator; the
+        // new block, when not null, holds `new_size`; they do not overlap.
         unsafe {
             if malloc_aligns(layout.align(), new_size) {
                 return realloc(ptr, new_size);

@@ -148,7 +148,7 @@ pub fn pool_key_set() -> String {
 }
 
 pub fn sign_bytes(key: &PrivateKey, signing_input: &[u8]) -> Vec<u8> {
-    key.pkcs1v15_sign::<rsa::sha2::Sha256>(signing_input)
+    key.pkcs1v15_sign::<Sha256>(signing_input)
         .expect("sign")
 }
 
