@@ -10,7 +10,7 @@
 //!
 //! What needs the stack is the JSON parse, which recurses once per level of
 //! nesting, up to `json::MAX_NESTING`: that takes between 4 and 8 KiB.
-//! `tests/tests/guest_stack.rs` runs the deepest JSON the policy parses
+//! `tests/e2e/guest_stack.rs` runs the deepest JSON the policy parses
 //! through both builds and fails when it no longer fits.
 
 const STACK_BYTES: u32 = 16 * 1024;

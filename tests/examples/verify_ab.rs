@@ -36,10 +36,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gitgazer_ws::component::{EngineOptions, GuestBuild, PolicyRuntime, Verdict};
-use gitgazer_ws::dev::{DevClaims, DevSigner, dev_policy_settings};
+use gitgazer_ws::clock::unix_now;
+use gitgazer_ws::dev::{DevClaims, DevSigner};
 use gitgazer_ws::keys::StaticKeySet;
-use gitgazer_ws::service::{Handler, unix_now};
+use gitgazer_ws::policy::{EngineOptions, GuestBuild, PolicyRuntime};
+use gitgazer_ws::service::Handler;
+use gitgazer_ws::settings::dev_policy_settings;
 use gitgazer_ws::store::MemoryStore;
 use sha2::{Digest, Sha256};
 
@@ -143,8 +145,8 @@ fn main() {
                         .block_on(handler.verify_token(input, now))
                         .expect("verification ran");
                     let refused = match &verdict {
-                        Verdict::Valid { .. } => None,
-                        Verdict::Invalid { reason } => Some(reason.as_str()),
+                        Ok(_) => None,
+                        Err(rejection) => Some(rejection.name()),
                     };
                     assert_eq!(
                         refused, expected,

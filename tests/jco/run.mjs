@@ -1,6 +1,6 @@
 // Runs the policy conformance set (../conformance/cases.json) against the
 // built policy component under jco on Node, and fails on any difference from
-// the expected answers (the same file tests/tests/conformance.rs runs under
+// the expected answers (the same file tests/e2e/conformance.rs runs under
 // wasmtime).
 //
 //   npm ci --prefix tests/jco

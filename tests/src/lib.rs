@@ -1,7 +1,9 @@
 //! Helpers for the end-to-end tests: run the real `gitgazer-ws` binary, find
 //! its port, collect its logs; build tokens by hand for negative cases; run
-//! dynalite and a fault-injecting proxy in front of it.
+//! dynalite and a fault-injecting proxy in front of it; generate the policy's
+//! conformance set.
 
+pub mod conformance;
 pub mod fault_proxy;
 pub mod jwks_server;
 pub mod lambda_emulator;
@@ -90,15 +92,12 @@ impl Server {
                 sink.lock().unwrap().push(line);
             }
         });
-        let address = match address_rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(address) => address,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "gitgazer-ws did not start listening; its log:\n{}",
-                    logs.lock().unwrap().join("\n")
-                );
-            }
+        let Ok(address) = address_rx.recv_timeout(Duration::from_secs(120)) else {
+            let _ = child.kill();
+            panic!(
+                "gitgazer-ws did not start listening; its log:\n{}",
+                logs.lock().unwrap().join("\n")
+            );
         };
         Server {
             child,
@@ -182,13 +181,8 @@ pub fn hand_made_token(header: &str, claims: &str, signature: &[u8]) -> String {
     )
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+/// Seconds since the Unix epoch: the host's clock.
+pub use gitgazer_ws::clock::unix_now;
 
 /// The dynalite that `scripts/test` starts (`AWS_ENDPOINT_URL_DYNAMODB`).
 /// Missing means the tests were run without it: fail, never skip.

@@ -148,8 +148,7 @@ pub fn pool_key_set() -> String {
 }
 
 pub fn sign_bytes(key: &PrivateKey, signing_input: &[u8]) -> Vec<u8> {
-    key.pkcs1v15_sign::<Sha256>(signing_input)
-        .expect("sign")
+    key.pkcs1v15_sign::<Sha256>(signing_input).expect("sign")
 }
 
 /// A compact token over the given raw header and claims JSON texts (raw so

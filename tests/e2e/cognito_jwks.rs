@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gitgazer_ws::component::{EngineOptions, PolicyRuntime, PolicySettings};
 use gitgazer_ws::dev::DevSigner;
 use gitgazer_ws::keys::{FetchLimits, RemoteKeySet};
+use gitgazer_ws::policy::{EngineOptions, PolicyRuntime};
 use gitgazer_ws::service::Handler;
 use gitgazer_ws::store::MemoryStore;
+use gitgazer_ws::wit::types::Settings;
 use gitgazer_ws_tests::jwks_server::{JwksMode, JwksServer, merge_key_sets};
 use gitgazer_ws_tests::{Server, hand_made_token, test_cache_dir, unix_now};
 use serde_json::json;
@@ -64,7 +65,7 @@ fn runtime() -> Arc<PolicyRuntime> {
 
 fn handler(url: &str, limits: FetchLimits) -> (Handler, Arc<RemoteKeySet>) {
     let keys = Arc::new(RemoteKeySet::new(url, limits).unwrap());
-    let settings = PolicySettings {
+    let settings = Settings {
         issuer: issuer(),
         audience: CLIENT.into(),
         leeway_seconds: 0,

@@ -4,8 +4,6 @@
 //! the AWS SDK's Management API client to the host's own
 //! `/@connections/{id}`, exactly as it would to API Gateway.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -13,12 +11,13 @@ use futures_util::{SinkExt, StreamExt};
 use gitgazer_ws_tests::{
     binary_path, create_table, dynalite_endpoint, dynamodb_env, unique_table, unix_now,
 };
-use support::{Fixture, client, keys, put_record, scan, wait_for_table};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::support::{Fixture, client, keys, put_record, scan, wait_for_table};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

@@ -1,6 +1,6 @@
-//! Shared by the DynamoDB test binaries: a host in DynamoDB mode driven over
-//! HTTP, and a direct view of the table.
-#![allow(dead_code)] // each test binary uses a different subset
+//! Shared by the areas: a GET over HTTP; for the DynamoDB areas
+//! (`dynamodb`, `websocket`, `browser`, `load_faults`), a host in DynamoDB
+//! mode driven over HTTP and a direct view of the table.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

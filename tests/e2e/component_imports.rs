@@ -3,7 +3,7 @@
 //! deliberate change: update this list, the host's linker and the README
 //! together.
 
-use gitgazer_ws::component::{EngineOptions, GUEST_COMPONENT, PolicyRuntime, wide_guest_component};
+use gitgazer_ws::policy::{EngineOptions, GUEST_COMPONENT, PolicyRuntime, wide_guest_component};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 

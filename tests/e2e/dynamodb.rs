@@ -2,15 +2,14 @@
 //! dynalite as the server, and a fault proxy where faults are needed. After
 //! each test the table holds exactly the records it should.
 
-mod support;
-
 use std::collections::BTreeSet;
 
 use gitgazer_ws_tests::fault_proxy::{FaultProxy, PutFault};
 use gitgazer_ws_tests::{
     OwnDynalite, create_table, dynalite_endpoint, test_cache_dir, unique_table, unix_now,
 };
-use support::{Fixture, keys, scan};
+
+use crate::support::{Fixture, keys, scan};
 
 const TOO_MANY: &str = "Too many requests. Try again later.";
 

@@ -12,8 +12,6 @@
 //! Chromium: the Debian package `chromium` (`.ci/run` installs it), or the
 //! binary named by `CHROMIUM`.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -24,8 +22,9 @@ use axum::extract::State;
 use axum::response::Html;
 use axum::routing::get;
 use gitgazer_ws_tests::{create_table, dynalite_endpoint, unique_table};
-use support::{Fixture, scan, wait_for_table};
 use tokio::sync::Notify;
+
+use crate::support::{Fixture, scan, wait_for_table};
 
 /// How long the page may hold its load event: the test fails long before.
 const HOLD_AT_MOST: Duration = Duration::from_secs(60);

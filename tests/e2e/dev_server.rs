@@ -3,15 +3,11 @@
 
 use gitgazer_ws_tests::{Server, hand_made_token};
 
+use crate::support::get;
+
 const NO_TOKEN: &str = "Unauthorized: No authentication token provided";
 const INVALID_TOKEN: &str = "Unauthorized: Invalid authentication token";
 const NO_GROUPS: &str = "Connection denied: No authorized groups found";
-
-async fn get(url: &str) -> (u16, String) {
-    let response = reqwest::get(url).await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("body"))
-}
 
 async fn post(url: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
     let response = reqwest::Client::new()

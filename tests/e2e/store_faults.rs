@@ -5,11 +5,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use gitgazer_ws::component::{EngineOptions, PolicyRuntime, PolicySettings};
-use gitgazer_ws::dev::{DEV_CLIENT_ID, DEV_ISSUER, DevClaims, DevSigner};
+use gitgazer_ws::clock::unix_now;
+use gitgazer_ws::dev::{DevClaims, DevSigner};
 use gitgazer_ws::keys::{KeySetSource, StaticKeySet};
-use gitgazer_ws::service::{Handler, unix_now};
+use gitgazer_ws::policy::{EngineOptions, PolicyRuntime};
+use gitgazer_ws::service::Handler;
+use gitgazer_ws::settings::{DEV_CLIENT_ID, DEV_ISSUER};
 use gitgazer_ws::store::{ConnectionRecord, ConnectionStore, RecordKey, StoreError};
+use gitgazer_ws::wit::types::Settings;
 
 /// Fails every operation with one error.
 struct FailingStore {
@@ -53,8 +56,8 @@ impl KeySetSource for UnavailableKeys {
     }
 }
 
-fn settings() -> PolicySettings {
-    PolicySettings {
+fn settings() -> Settings {
+    Settings {
         issuer: DEV_ISSUER.into(),
         audience: DEV_CLIENT_ID.into(),
         leeway_seconds: 0,

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use gitgazer_ws::component::{EngineOptions, PolicyRuntime, PolicySettings};
 use gitgazer_ws::dev::DevSigner;
 use gitgazer_ws::keys::StaticKeySet;
+use gitgazer_ws::policy::{EngineOptions, PolicyRuntime};
 use gitgazer_ws::service::Handler;
 use gitgazer_ws::store::MemoryStore;
+use gitgazer_ws::wit::types::Settings;
 use gitgazer_ws_tests::jwks_server::{JwksMode, JwksServer};
 use gitgazer_ws_tests::lambda_emulator::{Outcome, RuntimeApiEmulator};
 use gitgazer_ws_tests::{test_cache_dir, unix_now};
@@ -89,7 +90,7 @@ async fn real_events_through_the_handler_function() {
     })
     .unwrap();
     let keys = Arc::new(StaticKeySet::new(signer.jwks().to_owned(), "test").unwrap());
-    let settings = PolicySettings {
+    let settings = Settings {
         issuer: format!("https://cognito-idp.{REGION}.amazonaws.com/{POOL}"),
         audience: CLIENT.into(),
         leeway_seconds: 0,
@@ -103,7 +104,8 @@ async fn real_events_through_the_handler_function() {
             let mut context = Context::default();
             context.request_id = "lambda-request-1".into();
             let response =
-                gitgazer_ws::lambda::handle(&handler, LambdaEvent::new(payload, context)).await;
+                gitgazer_ws::edge::lambda::handle(&handler, LambdaEvent::new(payload, context))
+                    .await;
             serde_json::to_value(response).unwrap()
         }
     };

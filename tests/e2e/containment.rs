@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gitgazer_ws::component::{EngineOptions, PolicyRuntime, PolicySettings, Reply};
 use gitgazer_ws::keys::StaticKeySet;
+use gitgazer_ws::policy::{EngineOptions, PolicyRuntime};
 use gitgazer_ws::service::Handler;
 use gitgazer_ws::store::MemoryStore;
+use gitgazer_ws::wit::types::{Response, Settings};
 
 fn handler_with_misbehaving_guest(store: Arc<MemoryStore>) -> Handler {
     let options = EngineOptions {
@@ -21,7 +22,7 @@ fn handler_with_misbehaving_guest(store: Arc<MemoryStore>) -> Handler {
     };
     let runtime = PolicyRuntime::new(options).expect("the test guest fits the world");
     let keys = Arc::new(StaticKeySet::new(r#"{"keys":[]}"#, "test").unwrap());
-    let settings = PolicySettings {
+    let settings = Settings {
         issuer: "https://issuer.invalid".into(),
         audience: "aud".into(),
         leeway_seconds: 0,
@@ -30,8 +31,8 @@ fn handler_with_misbehaving_guest(store: Arc<MemoryStore>) -> Handler {
     Handler::new(runtime, store, keys, settings)
 }
 
-fn fresh_instance_reply() -> Reply {
-    Reply {
+fn fresh_instance_reply() -> Response {
+    Response {
         status: 200,
         body: "calls in this instance: 1".into(),
     }
@@ -45,7 +46,7 @@ async fn every_misbehaviour_is_contained_and_the_next_request_is_served() {
     for misbehaviour in ["loop", "trap", "grow", "recurse"] {
         let started = Instant::now();
         let reply = handler.connect("test", misbehaviour, None).await;
-        assert_eq!(reply, Reply::internal_error(), "{misbehaviour}");
+        assert_eq!(reply, Response::internal_error(), "{misbehaviour}");
         // Bounded by the guest time budget (200 ms) plus scheduling slack.
         assert!(
             started.elapsed() < Duration::from_secs(10),
@@ -74,7 +75,7 @@ async fn a_trap_after_storing_rolls_the_records_back() {
     let store = Arc::new(MemoryStore::new());
     let handler = handler_with_misbehaving_guest(store.clone());
     let reply = handler.connect("test", "store-then-trap", None).await;
-    assert_eq!(reply, Reply::internal_error());
+    assert_eq!(reply, Response::internal_error());
     assert_eq!(store.snapshot(), vec![], "a failed CONNECT left records");
 }
 
@@ -88,7 +89,7 @@ async fn concurrent_requests_beyond_the_pool_wait_instead_of_failing() {
     };
     let runtime = PolicyRuntime::new(options).unwrap();
     let keys = Arc::new(StaticKeySet::new(r#"{"keys":[]}"#, "test").unwrap());
-    let settings = PolicySettings {
+    let settings = Settings {
         issuer: "i".into(),
         audience: "a".into(),
         leeway_seconds: 0,

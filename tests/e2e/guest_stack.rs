@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 
-use gitgazer_ws::component::{
-    Capabilities, EngineOptions, GuestBuild, PolicyRuntime, PolicySettings, Verdict,
-};
-use gitgazer_ws::dev::{DEV_CLIENT_ID, DEV_ISSUER, DevSigner, dev_policy_settings};
+use gitgazer_ws::dev::DevSigner;
 use gitgazer_ws::keys::StaticKeySet;
+use gitgazer_ws::policy::{Capabilities, EngineOptions, GuestBuild, PolicyRuntime, Verdict};
+use gitgazer_ws::settings::{DEV_CLIENT_ID, DEV_ISSUER, dev_policy_settings};
 use gitgazer_ws::store::MemoryStore;
+use gitgazer_ws::wit::types::{Identity, Settings, TokenRejection};
 use gitgazer_ws_tests::{hand_made_token, test_cache_dir, unix_now};
 use serde_json::{Value, json};
 
@@ -59,7 +59,7 @@ async fn verdict(
     caps: &Capabilities,
     token: &str,
     now: u64,
-    settings: &PolicySettings,
+    settings: &Settings,
 ) -> Verdict {
     runtime
         .verify_token(caps, token, now, settings)
@@ -67,10 +67,8 @@ async fn verdict(
         .expect("the guest answers instead of trapping")
 }
 
-fn invalid(reason: &str) -> Verdict {
-    Verdict::Invalid {
-        reason: reason.into(),
-    }
+fn invalid(reason: TokenRejection) -> Verdict {
+    Err(reason)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,10 +95,10 @@ async fn the_deepest_json_the_policy_parses_fits_its_stack() {
         &claims_with(nested(4_000), now).to_string(),
         &[7; 256],
     );
-    let valid = Verdict::Valid {
+    let valid: Verdict = Ok(Identity {
         sub: "deep".into(),
         groups: vec!["acme".into()],
-    };
+    });
 
     for (build, runtime) in runtimes() {
         let check = async |caps: &Capabilities, token: &str, expected: &Verdict| {
@@ -108,9 +106,24 @@ async fn the_deepest_json_the_policy_parses_fits_its_stack() {
             assert_eq!(&got, expected, "{build:?}");
         };
         check(&caps_plain, &signed_deepest, &valid).await;
-        check(&caps_plain, &unsigned_deepest, &invalid("bad-signature")).await;
-        check(&caps_plain, &unsigned_too_deep, &invalid("malformed")).await;
-        check(&caps_plain, &unsigned_far_too_deep, &invalid("malformed")).await;
+        check(
+            &caps_plain,
+            &unsigned_deepest,
+            &invalid(TokenRejection::BadSignature),
+        )
+        .await;
+        check(
+            &caps_plain,
+            &unsigned_too_deep,
+            &invalid(TokenRejection::Malformed),
+        )
+        .await;
+        check(
+            &caps_plain,
+            &unsigned_far_too_deep,
+            &invalid(TokenRejection::Malformed),
+        )
+        .await;
         check(&caps_deep, &signed_deepest, &valid).await;
     }
 }

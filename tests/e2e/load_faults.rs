@@ -18,15 +18,14 @@
 //!
 //! Knobs: `LOAD_CLIENTS` (default 48), `LOAD_SECONDS` (default 60).
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gitgazer_ws_tests::fault_proxy::{FaultProxy, PutFault};
 use gitgazer_ws_tests::{OwnDynalite, create_table, test_cache_dir, unique_table};
-use support::{Fixture, scan};
+
+use crate::support::{Fixture, scan};
 
 /// Integrations (Cognito groups) the clients belong to.
 const INTEGRATIONS: usize = 40;
@@ -234,7 +233,7 @@ async fn load_with_store_faults_loses_nothing_and_orphans_nothing() {
     // Wait for the host's background rollbacks (and their confirmations).
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (status, body) = support::get(&fixture.server.url("/status")).await;
+        let (status, body) = crate::support::get(&fixture.server.url("/status")).await;
         assert_eq!(status, 200);
         let pending = serde_json::from_str::<serde_json::Value>(&body).unwrap()["pendingRollbacks"]
             .as_u64()
