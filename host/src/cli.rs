@@ -161,9 +161,16 @@ pub struct ServeArgs {
     /// Port to listen on (0: any free port; the chosen one is logged).
     #[arg(long, env = "PORT", default_value_t = 8081)]
     pub port: u16,
-    /// Address to bind. Dev mode always binds 127.0.0.1.
+    /// Address to bind the public listener (`/ws`, `/healthz`; in dev mode
+    /// also the test routes and `/dev/*`). Dev mode always binds 127.0.0.1.
     #[arg(long, env = "BIND_ADDRESS", default_value = "127.0.0.1")]
     pub bind: std::net::IpAddr,
+    /// The management listener (ADDR:PORT; port 0 picks one): delivery,
+    /// `/@connections/{id}`, `/status`, and in Cognito mode the test routes
+    /// `/connect`, `/disconnect`, `/events`. It answers loopback peers only;
+    /// none of it is served on the public port. Dev mode binds 127.0.0.1.
+    #[arg(long, env = "MANAGEMENT_BIND", default_value = "127.0.0.1:8082")]
+    pub management_bind: std::net::SocketAddr,
     /// After SIGTERM or Ctrl-C: how long in-flight requests may take to
     /// finish before the server exits anyway.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]

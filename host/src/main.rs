@@ -9,7 +9,7 @@ use clap::Parser;
 use gitgazer_ws::cli::{Cli, Command, DeliverArgs, GlobalArgs, LogFormat, ServeArgs, TableCommand};
 use gitgazer_ws::clock::unix_now;
 use gitgazer_ws::delivery::{self, ConnectionSender, DeliveryOptions, ManagementApi};
-use gitgazer_ws::edge::http::{AppState, app};
+use gitgazer_ws::edge::http::{AppState, management_app, public_app};
 use gitgazer_ws::edge::websocket::Sockets;
 use gitgazer_ws::edge::{events, lambda};
 use gitgazer_ws::policy::engine;
@@ -136,27 +136,32 @@ fn read_input(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
 }
 
 async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    let (bind, port) = (args.bind, args.port);
     let started = startup::start(global.start_options()?).await?;
-    let bind = if started.mode == TokenMode::Dev {
-        if !bind.is_loopback() {
-            tracing::warn!(%bind, "dev mode binds 127.0.0.1 only; ignoring the requested address");
+    let dev = started.mode == TokenMode::Dev;
+    // Dev mode mints tokens for anyone who asks: loopback only, both ports.
+    let loopback_in_dev = |address: SocketAddr, what: &str| {
+        if dev && !address.ip().is_loopback() {
+            tracing::warn!(%address, "dev mode binds 127.0.0.1 only; ignoring the requested {what} address");
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), address.port())
+        } else {
+            address
         }
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    } else {
-        bind
     };
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(bind, port))
-        .await
-        .map_err(|e| anyhow::anyhow!("binding {bind}:{port}: {e}"))?;
-    let address = listener.local_addr()?;
-    if started.mode == TokenMode::Dev {
+    let public = bind(loopback_in_dev(
+        SocketAddr::new(args.bind, args.port),
+        "public",
+    ))
+    .await?;
+    let management = bind(loopback_in_dev(args.management_bind, "management")).await?;
+    let address = public.local_addr()?;
+    if dev {
         tracing::warn!(
             "dev mode is ON: tokens are minted at http://{address}/dev/token and verified \
              against a key made at start; set COGNITO_USER_POOL_ID for real tokens"
         );
     }
     tracing::info!(%address, "listening");
+    tracing::info!(address = %management.local_addr()?, "management listening");
     let sockets = Sockets::new(args.socket_limits());
     let sender: Arc<dyn ConnectionSender> = match args
         .websocket_api_endpoint
@@ -174,26 +179,37 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode
         sockets: sockets.clone(),
         sender,
     };
-    // On a signal: stop accepting, let in-flight requests finish, but no
-    // longer than the grace period.
-    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    // On a signal: stop accepting on both listeners, let in-flight requests
+    // finish, but no longer than the grace period.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let stopping = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+    };
     let grace = std::time::Duration::from_secs(args.shutdown_grace_seconds);
-    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let public = axum::serve(
+        public,
+        public_app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopping(stopping_rx.clone()));
+    let management = axum::serve(
+        management,
+        management_app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopping(stopping_rx));
     let closing = sockets.clone();
-    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
+    let signalled = async move {
         shutdown_signal().await;
         let _ = stopping_tx.send(true);
         // Upgraded sockets are not requests the server waits for: close them
         // now, so their DISCONNECTs run while requests drain.
         tokio::spawn(async move { closing.close_all(grace).await });
-    });
-    let grace_expired = async move {
-        let _ = stopping_rx.wait_for(|stopping| *stopping).await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        result = server => result?,
-        () = grace_expired => {
+        result = async { tokio::try_join!(public.into_future(), management.into_future()) } => {
+            result?;
+        }
+        () = signalled => {
             tracing::warn!(?grace, "in-flight requests still running after the grace period; exiting");
         }
     }
@@ -201,6 +217,12 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode
     sockets.close_all(grace).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+async fn bind(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {address}: {e}"))
 }
 
 /// Ctrl-C or SIGTERM: stop accepting, let in-flight requests finish.

@@ -166,7 +166,7 @@ async fn chromium_receives_a_delivered_event_over_the_bearer_subprotocol() {
 
     let event = r#"{"workflow":"deploy","status":"success","run":42}"#;
     let response = reqwest::Client::new()
-        .post(fixture.server.url("/integrations/acme/events"))
+        .post(fixture.server.management("/integrations/acme/events"))
         .body(event)
         .send()
         .await

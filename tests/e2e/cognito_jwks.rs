@@ -284,10 +284,10 @@ async fn the_cognito_mode_server_over_real_http() {
     let token = id_token(&signer, "alice");
     for i in 0..5 {
         let (status, body) =
-            get(server.url(&format!("/connect?idToken={token}&connectionId=c{i}"))).await;
+            get(server.management(&format!("/connect?idToken={token}&connectionId=c{i}"))).await;
         assert_eq!((status, body.as_str()), (200, "Connected."));
     }
-    let (status, body) = get(server.url("/disconnect?connectionId=c0")).await;
+    let (status, body) = get(server.management("/disconnect?connectionId=c0")).await;
     assert_eq!(
         (status, body.as_str()),
         (200, "Disconnected. Removed 1 records.")
@@ -298,7 +298,8 @@ async fn the_cognito_mode_server_over_real_http() {
         "sub": "mallory", "iss": "https://cognito-idp.dev.invalid/dev_gitgazer",
         "aud": CLIENT, "token_use": "id", "exp": unix_now() + 600, "cognito:groups": ["acme"],
     }));
-    let (status, body) = get(server.url(&format!("/connect?idToken={other}&connectionId=x"))).await;
+    let (status, body) =
+        get(server.management(&format!("/connect?idToken={other}&connectionId=x"))).await;
     assert_eq!((status, body.as_str()), (401, INVALID));
     let (status, _) = get(server.url("/dev/token")).await;
     assert_eq!(status, 404);

@@ -203,7 +203,7 @@ async fn cognito_mode_without_a_reachable_key_set_answers_500() {
     ]);
     let token = hand_made_token(r#"{"alg":"RS256","kid":"k1"}"#, r#"{"sub":"x"}"#, &[1; 256]);
     let (status, body) =
-        get(&server.url(&format!("/connect?idToken={token}&connectionId=c3"))).await;
+        get(&server.management(&format!("/connect?idToken={token}&connectionId=c3"))).await;
     assert_eq!((status, body.as_str()), (500, "Internal server error."));
     // Dev endpoints do not exist outside dev mode.
     let (status, _) = get(&server.url("/dev/token")).await;

@@ -233,7 +233,7 @@ async fn load_with_store_faults_loses_nothing_and_orphans_nothing() {
     // Wait for the host's background rollbacks (and their confirmations).
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (status, body) = crate::support::get(&fixture.server.url("/status")).await;
+        let (status, body) = crate::support::get(&fixture.server.management("/status")).await;
         assert_eq!(status, 200);
         let pending = serde_json::from_str::<serde_json::Value>(&body).unwrap()["pendingRollbacks"]
             .as_u64()

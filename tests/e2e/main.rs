@@ -24,4 +24,5 @@ mod load_faults;
 mod shutdown;
 mod store_faults;
 mod support;
+mod surface;
 mod websocket;

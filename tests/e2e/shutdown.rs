@@ -46,7 +46,7 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
         Duration::from_millis(1500),
         merge_key_sets(&[old.jwks(), new.jwks()]),
     ));
-    let url = server.url(&format!("/connect?idToken={}&connectionId=c1", token(&new)));
+    let url = server.management(&format!("/connect?idToken={}&connectionId=c1", token(&new)));
     let in_flight = tokio::spawn(async move {
         let response = reqwest::get(&url)
             .await
@@ -81,7 +81,7 @@ async fn a_request_outlasting_the_grace_period_does_not_hold_the_exit() {
         Duration::from_secs(3),
         merge_key_sets(&[old.jwks(), new.jwks()]),
     ));
-    let url = server.url(&format!("/connect?idToken={}&connectionId=c1", token(&new)));
+    let url = server.management(&format!("/connect?idToken={}&connectionId=c1", token(&new)));
     let in_flight = tokio::spawn(async move { reqwest::get(&url).await.map(|r| r.status()) });
     tokio::time::sleep(Duration::from_millis(400)).await;
     let terminated = std::time::Instant::now();

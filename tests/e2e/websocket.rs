@@ -83,7 +83,7 @@ fn deliver(
     std::fs::write(&file, message).unwrap();
     let output = std::process::Command::new(binary_path())
         .envs(dynamodb_env(endpoint, table))
-        .env("WEBSOCKET_API_ENDPOINT", &fixture.server.base_url)
+        .env("WEBSOCKET_API_ENDPOINT", &fixture.server.management_url)
         // Small Query pages: delivery must follow LastEvaluatedKey.
         .env("DYNAMODB_QUERY_PAGE_LIMIT", "7")
         .args(["deliver", "--integration", integration, "--message"])
@@ -213,9 +213,10 @@ async fn upgrades_only_on_a_200_connect_with_the_token_in_the_query_or_the_beare
     wait_for_table(&endpoint, &table, &BTreeSet::new()).await;
 }
 
+/// A request to the management listener.
 async fn request(fixture: &Fixture, method: &str, path: &str, body: &str) -> (u16, String) {
     let response = reqwest::Client::new()
-        .request(method.parse().unwrap(), fixture.server.url(path))
+        .request(method.parse().unwrap(), fixture.server.management(path))
         .body(body.to_owned())
         .send()
         .await
@@ -510,7 +511,11 @@ async fn a_slow_reader_is_disconnected_and_memory_stays_bounded() {
     let mut accepted = 0;
     loop {
         let response = client
-            .post(fixture.server.url(&format!("/@connections/{slow_id}")))
+            .post(
+                fixture
+                    .server
+                    .management(&format!("/@connections/{slow_id}")),
+            )
             .body(message.clone())
             .send()
             .await

@@ -41,13 +41,17 @@ pub fn test_cache_dir() -> PathBuf {
 /// A running `gitgazer-ws serve`, killed when dropped.
 pub struct Server {
     child: Child,
+    /// The public listener.
     pub base_url: String,
+    /// The management listener.
+    pub management_url: String,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
-    /// Starts `serve --port 0` with the given env (over a clean slate of the
-    /// handler's own variables) and waits until it listens.
+    /// Starts `serve --port 0` (and the management listener on a free
+    /// loopback port) with the given env (over a clean slate of the handler's
+    /// own variables) and waits until both listen.
     pub fn start(env: &[(&str, &str)]) -> Server {
         Self::start_with_args(env, &[])
     }
@@ -75,6 +79,7 @@ impl Server {
             .args(["--log-format", "json", "serve", "--port", "0"])
             .args(args)
             .env("GITGAZER_WS_CACHE_DIR", test_cache_dir())
+            .env("MANAGEMENT_BIND", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -86,28 +91,42 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(address) = listening_address(&line) {
-                    let _ = address_tx.send(address);
+                if let Some(listening) = listening_address(&line) {
+                    let _ = address_tx.send(listening);
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let Ok(address) = address_rx.recv_timeout(Duration::from_secs(120)) else {
-            let _ = child.kill();
-            panic!(
-                "gitgazer-ws did not start listening; its log:\n{}",
-                logs.lock().unwrap().join("\n")
-            );
-        };
+        let (mut public, mut management) = (None, None);
+        while public.is_none() || management.is_none() {
+            let Ok((which, address)) = address_rx.recv_timeout(Duration::from_secs(120)) else {
+                let _ = child.kill();
+                panic!(
+                    "gitgazer-ws did not start listening; its log:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            };
+            match which {
+                Listener::Public => public = Some(address),
+                Listener::Management => management = Some(address),
+            }
+        }
         Server {
             child,
-            base_url: format!("http://{address}"),
+            base_url: format!("http://{}", public.unwrap()),
+            management_url: format!("http://{}", management.unwrap()),
             logs,
         }
     }
 
+    /// A URL on the public listener.
     pub fn url(&self, path_and_query: &str) -> String {
         format!("{}{}", self.base_url, path_and_query)
+    }
+
+    /// A URL on the management listener.
+    pub fn management(&self, path_and_query: &str) -> String {
+        format!("{}{}", self.management_url, path_and_query)
     }
 
     /// Everything the server has logged so far.
@@ -161,13 +180,21 @@ impl Drop for Server {
     }
 }
 
-fn listening_address(line: &str) -> Option<String> {
+enum Listener {
+    Public,
+    Management,
+}
+
+/// Which listener a `listening` log line announces, and its address.
+fn listening_address(line: &str) -> Option<(Listener, String)> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
     let fields = value.get("fields")?;
-    if fields.get("message")?.as_str()? != "listening" {
-        return None;
-    }
-    Some(fields.get("address")?.as_str()?.to_owned())
+    let which = match fields.get("message")?.as_str()? {
+        "listening" => Listener::Public,
+        "management listening" => Listener::Management,
+        _ => return None,
+    };
+    Some((which, fields.get("address")?.as_str()?.to_owned()))
 }
 
 /// A token-shaped string from arbitrary header and claims JSON and raw

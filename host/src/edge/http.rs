@@ -3,7 +3,7 @@
 //!
 //! Query strings carry tokens: the access log writes the path only.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -47,37 +47,56 @@ pub struct AppState {
     pub sender: Arc<dyn ConnectionSender>,
 }
 
-pub fn app(state: AppState) -> Router {
-    // Delivery and the Management API shape answer loopback peers only: a
-    // local GitGazer component or an operator's reverse proxy, never the
-    // browsers the sockets serve.
-    let management = Router::new()
-        .route(
-            "/@connections/{connection_id}",
-            post(post_to_connection).delete(delete_connection),
-        )
-        .route("/integrations/{integration_id}/events", post(deliver_event))
-        .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
-        .layer(middleware::from_fn(loopback_only));
+/// The public listener: what browsers need, and nothing else. In dev mode
+/// (bound to loopback) also the test routes and `/dev/*`.
+pub fn public_app(state: AppState) -> Router {
     let mut router = Router::new()
-        .route("/connect", get(connect))
-        .route("/disconnect", get(disconnect))
-        .route(
-            "/events",
-            post(events).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
-        )
         .route("/ws", get(websocket))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/status", get(status))
-        .merge(management);
+        .route("/healthz", get(|| async { "ok" }));
     if state.dev.is_some() {
         router = router
+            .merge(test_routes())
             .route("/dev/jwks.json", get(dev_jwks))
             .route("/dev/token", get(dev_token));
     }
     router
         .layer(middleware::from_fn(access_log))
         .with_state(state)
+}
+
+/// The management listener: delivery, the Management API shape for this
+/// host's sockets, status, and in Cognito mode the test routes. A peer
+/// address is no identity on the public port (a reverse proxy on the same
+/// host makes every request loopback), so none of this is served there;
+/// here it answers loopback peers only.
+pub fn management_app(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route(
+            "/@connections/{connection_id}",
+            post(post_to_connection).delete(delete_connection),
+        )
+        .route("/integrations/{integration_id}/events", post(deliver_event))
+        .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
+        .route("/status", get(status));
+    if state.dev.is_none() {
+        router = router.merge(test_routes());
+    }
+    router
+        .layer(middleware::from_fn(loopback_only))
+        .layer(middleware::from_fn(access_log))
+        .with_state(state)
+}
+
+/// CONNECT and DISCONNECT by hand, and API Gateway events: for tests and
+/// operators, never for browsers.
+fn test_routes() -> Router<AppState> {
+    Router::new()
+        .route("/connect", get(connect))
+        .route("/disconnect", get(disconnect))
+        .route(
+            "/events",
+            post(events).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
 }
 
 #[derive(Deserialize)]
@@ -169,13 +188,24 @@ async fn deliver_event(
     }
 }
 
+/// Loopback, also as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`: a
+/// local IPv4 client of a listener bound to `::`).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
 /// 403 for any peer but loopback (and when the peer is unknown).
 async fn loopback_only(request: Request, next: Next) -> Response {
     use axum::extract::FromRequestParts;
     let (mut parts, body) = request.into_parts();
     let loopback = ConnectInfo::<SocketAddr>::from_request_parts(&mut parts, &())
         .await
-        .is_ok_and(|ConnectInfo(peer)| peer.ip().is_loopback());
+        .is_ok_and(|ConnectInfo(peer)| is_loopback(peer.ip()));
     let request = Request::from_parts(parts, body);
     if !loopback {
         return (
@@ -342,6 +372,14 @@ mod tests {
     async fn management_routes_answer_loopback_peers_only() {
         assert_eq!(status_from(Some("127.0.0.1:5000")).await, StatusCode::OK);
         assert_eq!(status_from(Some("[::1]:5000")).await, StatusCode::OK);
+        assert_eq!(
+            status_from(Some("[::ffff:127.0.0.1]:5000")).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status_from(Some("[::ffff:10.0.0.7]:5000")).await,
+            StatusCode::FORBIDDEN
+        );
         assert_eq!(
             status_from(Some("10.0.0.7:5000")).await,
             StatusCode::FORBIDDEN
