@@ -231,3 +231,17 @@ fn base64_json_edit(segment: &str, from: &str, to: &str) -> String {
     let edited = base64_decode(segment).replace(from, to);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(edited)
 }
+
+#[tokio::test]
+async fn records_past_expires_at_are_gone_from_the_memory_store() {
+    // One second of record life: expired once the clock's second has passed.
+    let server = Server::start(&[("RECORD_TTL_SECONDS", "1")]);
+    let (status, token) = get(&server.url("/dev/token?sub=alice&groups=acme,globex")).await;
+    assert_eq!(status, 200);
+    let (status, _) =
+        get(&server.url(&format!("/connect?idToken={token}&connectionId=gone"))).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let (status, body) = get(&server.url("/disconnect?connectionId=gone")).await;
+    assert_eq!((status, body.as_str()), (200, "No records to disconnect."));
+}

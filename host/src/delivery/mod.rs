@@ -271,7 +271,10 @@ mod tests {
     use super::*;
     use crate::store::{ConnectionRecord, MemoryStore};
 
-    const NOW: u64 = 1_800_000_000;
+    /// An hour ahead of the clock: records "expired" at this delivery time
+    /// are still live for the memory store, which drops them by the clock.
+    static NOW: std::sync::LazyLock<u64> =
+        std::sync::LazyLock::new(|| crate::clock::unix_now() + 3600);
 
     /// Answers per connection id, in order (the last one repeats); records
     /// every post. A stand-in for faults the real API cannot be made to
@@ -339,15 +342,15 @@ mod tests {
     #[tokio::test]
     async fn every_outcome_is_counted_and_gone_connections_lose_all_their_records() {
         let store = store_with(&[
-            record("acme", "ok", NOW + 60),
-            record("acme", "throttled-once", NOW + 60),
-            record("acme", "gone", NOW + 60),
-            record("other", "gone", NOW + 60), // the same connection, another group
-            record("acme", "forbidden", NOW + 60),
-            record("acme", "always-500", NOW + 60),
-            record("acme", "hangs", NOW + 60),
-            record("acme", "expired", NOW),
-            record("other", "elsewhere", NOW + 60),
+            record("acme", "ok", *NOW + 60),
+            record("acme", "throttled-once", *NOW + 60),
+            record("acme", "gone", *NOW + 60),
+            record("other", "gone", *NOW + 60), // the same connection, another group
+            record("acme", "forbidden", *NOW + 60),
+            record("acme", "always-500", *NOW + 60),
+            record("acme", "hangs", *NOW + 60),
+            record("acme", "expired", *NOW),
+            record("other", "elsewhere", *NOW + 60),
         ])
         .await;
         let retryable = || Answer::Send(Err(SendError::Retryable("503".into())));
@@ -373,7 +376,7 @@ mod tests {
             sender.clone(),
             "acme",
             Bytes::from_static(b"{\"event\":1}"),
-            NOW,
+            *NOW,
             &fast(),
         )
         .await
@@ -445,7 +448,7 @@ mod tests {
             }
         }
         let records: Vec<_> = (0..50)
-            .map(|i| record("acme", &format!("c{i}"), NOW + 60))
+            .map(|i| record("acme", &format!("c{i}"), *NOW + 60))
             .collect();
         let store = store_with(&records).await;
         let sender = Arc::new(Counting {
@@ -456,7 +459,7 @@ mod tests {
             sender.clone(),
             "acme",
             Bytes::from_static(b"x"),
-            NOW,
+            *NOW,
             &fast(),
         )
         .await
@@ -468,14 +471,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_over_the_limit_is_refused_before_anything_is_read_or_sent() {
-        let store = store_with(&[record("acme", "c", NOW + 60)]).await;
+        let store = store_with(&[record("acme", "c", *NOW + 60)]).await;
         let sender = Arc::new(ScriptedSender::default());
         let error = deliver(
             store,
             sender.clone(),
             "acme",
             Bytes::from(vec![b'x'; MAX_MESSAGE_BYTES + 1]),
-            NOW,
+            *NOW,
             &fast(),
         )
         .await
@@ -488,13 +491,13 @@ mod tests {
         );
         assert!(sender.posts.lock().unwrap().is_empty());
         // Exactly the limit is fine.
-        let store = store_with(&[record("acme", "c", NOW + 60)]).await;
+        let store = store_with(&[record("acme", "c", *NOW + 60)]).await;
         let report = deliver(
             store,
             sender,
             "acme",
             Bytes::from(vec![b'x'; MAX_MESSAGE_BYTES]),
-            NOW,
+            *NOW,
             &fast(),
         )
         .await

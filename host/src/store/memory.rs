@@ -1,14 +1,58 @@
 //! The embedded store: records in a map, lost when the process exits. The
 //! default when no table is configured (dev mode, tests, a single host).
+//!
+//! Records past their `expiresAt` are dropped at the next operation, as
+//! DynamoDB's TTL would (only sooner), so a process that runs for weeks
+//! holds the records of live connections only, however many CONNECTs it saw.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use super::{ConnectionRecord, ConnectionStore, RecordKey, StoreError};
+use crate::clock::unix_now;
 
 #[derive(Default)]
 pub struct MemoryStore {
-    records: Mutex<BTreeMap<RecordKey, ConnectionRecord>>,
+    records: Mutex<Records>,
+}
+
+#[derive(Default)]
+struct Records {
+    by_key: BTreeMap<RecordKey, ConnectionRecord>,
+    /// The same records by expiry, so dropping expired ones costs a look at
+    /// the oldest only.
+    by_expiry: BTreeSet<(u64, RecordKey)>,
+}
+
+impl Records {
+    fn insert(&mut self, record: ConnectionRecord) {
+        let key = record.key();
+        self.by_expiry.insert((record.expires_at, key.clone()));
+        if let Some(old) = self.by_key.insert(key.clone(), record) {
+            self.by_expiry.remove(&(old.expires_at, key));
+        }
+    }
+
+    fn remove(&mut self, key: &RecordKey) -> bool {
+        match self.by_key.remove(key) {
+            Some(old) => {
+                self.by_expiry.remove(&(old.expires_at, key.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops every record whose `expiresAt` is at or before `now`.
+    fn expire(&mut self, now: u64) {
+        while let Some((expires_at, _)) = self.by_expiry.first()
+            && *expires_at <= now
+        {
+            if let Some((_, key)) = self.by_expiry.pop_first() {
+                self.by_key.remove(&key);
+            }
+        }
+    }
 }
 
 impl MemoryStore {
@@ -16,15 +60,18 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// Every record, ordered by key (for tests and diagnostics).
+    /// Every live record, ordered by key (for tests and diagnostics).
     pub fn snapshot(&self) -> Vec<ConnectionRecord> {
-        self.lock().values().cloned().collect()
+        self.lock().by_key.values().cloned().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<RecordKey, ConnectionRecord>> {
+    /// The records, with the expired ones dropped first.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
         // A panic while holding the lock cannot leave a half-applied change
         // (each operation mutates after all checks), so poisoning is ignored.
-        self.records.lock().unwrap_or_else(|e| e.into_inner())
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records.expire(unix_now());
+        records
     }
 }
 
@@ -34,7 +81,7 @@ impl ConnectionStore for MemoryStore {
         // One lock for the whole batch: all or nothing by construction.
         let mut map = self.lock();
         for record in records {
-            map.insert(record.key(), record.clone());
+            map.insert(record.clone());
         }
         Ok(())
     }
@@ -42,6 +89,7 @@ impl ConnectionStore for MemoryStore {
     async fn keys_of(&self, connection_id: &str) -> Result<Vec<RecordKey>, StoreError> {
         Ok(self
             .lock()
+            .by_key
             .keys()
             .filter(|key| key.connection_id == connection_id)
             .cloned()
@@ -51,6 +99,7 @@ impl ConnectionStore for MemoryStore {
     async fn records_of(&self, integration_id: &str) -> Result<Vec<ConnectionRecord>, StoreError> {
         Ok(self
             .lock()
+            .by_key
             .values()
             .filter(|record| record.integration_id == integration_id)
             .cloned()
@@ -59,11 +108,48 @@ impl ConnectionStore for MemoryStore {
 
     async fn delete(&self, keys: &[RecordKey]) -> Result<u32, StoreError> {
         let mut map = self.lock();
-        let removed = keys.iter().filter(|key| map.remove(key).is_some()).count();
+        let removed = keys.iter().filter(|key| map.remove(key)).count();
         Ok(u32::try_from(removed).unwrap_or(u32::MAX))
     }
 
     fn describe(&self) -> String {
         "memory".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(connection: &str, expires_at: u64) -> ConnectionRecord {
+        ConnectionRecord {
+            integration_id: "acme".into(),
+            connection_id: connection.into(),
+            sub: "alice".into(),
+            connected_at: "2026-12-06T00:00:00Z".into(),
+            expires_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_records_are_dropped_and_a_rewrite_moves_the_expiry() {
+        let store = MemoryStore::new();
+        let now = unix_now();
+        store
+            .put_all(&[record("old", now - 1), record("live", now + 600)])
+            .await
+            .unwrap();
+        let left: Vec<_> = store
+            .snapshot()
+            .into_iter()
+            .map(|r| r.connection_id)
+            .collect();
+        assert_eq!(left, ["live"]);
+        assert!(store.keys_of("old").await.unwrap().is_empty());
+
+        // Rewritten with an earlier expiry: the later one no longer keeps it.
+        store.put_all(&[record("live", now - 1)]).await.unwrap();
+        assert!(store.snapshot().is_empty());
+        assert!(store.lock().by_expiry.is_empty(), "no stale index entries");
     }
 }
