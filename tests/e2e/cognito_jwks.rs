@@ -339,3 +339,69 @@ fn cognito_mode_start_up_errors_name_the_variable() {
     ]);
     assert!(stderr.contains("<region>_<id>"), "{stderr}");
 }
+
+/// A document any JSON parser takes but the policy refuses: `keys` twice.
+fn refused_key_set(good: &str) -> String {
+    let keys = &serde_json::from_str::<serde_json::Value>(good).unwrap()["keys"];
+    format!(r#"{{"keys":{keys},"keys":{keys}}}"#)
+}
+
+// Through the real binary: a key set the policy refuses is a failed fetch,
+// never the cached set, so one bad answer of the key server cannot break
+// every CONNECT until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_set_the_policy_refuses_is_never_cached() {
+    let signer = DevSigner::generate().unwrap();
+    let good = signer.jwks().to_owned();
+    let jwks = JwksServer::start(JwksMode::Serve(refused_key_set(&good))).await;
+    let server = Server::start(&[
+        ("AWS_REGION", REGION),
+        ("COGNITO_USER_POOL_ID", POOL),
+        ("COGNITO_CLIENT_ID", CLIENT),
+        ("COGNITO_JWKS_URL", &jwks.url),
+    ]);
+    let connect = |token: String, id: &str| {
+        let url = server.management(&format!("/connect?idToken={token}&connectionId={id}"));
+        async move {
+            let response = reqwest::get(&url).await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let token = id_token(&signer, "alice");
+
+    // Refused at start, so no key set yet: 500, and no fetch storm.
+    assert_eq!(connect(token.clone(), "c1").await.0, 500);
+    // Fixed at the source: picked up once the failure back-off has passed.
+    jwks.set(JwksMode::Serve(good));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = connect(token.clone(), "c1").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {status} after the source was fixed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A refused set served on a refetch (an unknown kid asked for it) does
+    // not replace the good one: the unknown kid is refused as such, and
+    // known keys keep verifying.
+    jwks.set(JwksMode::Serve(refused_key_set(signer.jwks())));
+    let fetches = jwks.requests();
+    assert_eq!(
+        connect(random_kid_token(), "c2").await,
+        (401, INVALID.to_owned())
+    );
+    assert_eq!(jwks.requests(), fetches + 1, "the unknown kid refetched");
+    assert_eq!(
+        connect(id_token(&signer, "bob"), "c3").await,
+        (200, "Connected.".to_owned())
+    );
+    assert!(
+        server.logs().contains("not a key set the policy accepts"),
+        "the refused fetch is logged"
+    );
+}

@@ -49,13 +49,18 @@ impl KeySetSource for StaticKeySet {
     }
 }
 
-/// The host's shallow check of a key set: a JSON object with a `keys`
-/// array. Each key's own policy is the guest's business.
+/// Whether the policy accepts a key set document: the guest's own parser
+/// (the `gitgazer-ws-guest` crate, compiled natively), so the host never
+/// caches a set the guest would refuse (duplicate members, nesting past its
+/// bound, no `keys` array). Each key's own policy stays the guest's business:
+/// one bad key does not spoil a set.
 pub fn validate_key_set(json: &str) -> Result<(), String> {
-    let value: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
-    match value.get("keys") {
-        Some(serde_json::Value::Array(_)) => Ok(()),
-        _ => Err("not a JWKS: no \"keys\" array".into()),
+    match gitgazer_ws_guest::jwks::parse_key_set(json) {
+        Some(_) => Ok(()),
+        None => Err(
+            "not a key set the policy accepts: a JSON object with one \"keys\" \
+                     array, no repeated member, nested at most as deep as the policy parses"
+                .into(),
+        ),
     }
 }

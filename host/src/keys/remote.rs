@@ -6,7 +6,8 @@
 //!   starts at a refresh, not at the first fetch, so a key rotation is picked
 //!   up by the first token that uses the new key;
 //! - concurrent fetches merge into one request;
-//! - a failed refetch keeps the last good set.
+//! - a failed refetch keeps the last good set; a set the policy refuses
+//!   (`validate_key_set`) is a failed fetch, never cached.
 //!
 //! Compare aws-jwt-verify's `SimpleJwksCache` and its penalty box.
 
