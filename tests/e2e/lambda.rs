@@ -14,7 +14,9 @@ use gitgazer_ws::store::MemoryStore;
 use gitgazer_ws::wit::types::Settings;
 use gitgazer_ws_tests::jwks_server::{JwksMode, JwksServer};
 use gitgazer_ws_tests::lambda_emulator::{Outcome, RuntimeApiEmulator};
-use gitgazer_ws_tests::{test_cache_dir, unix_now};
+use gitgazer_ws_tests::{
+    create_table, dynalite_endpoint, dynamodb_env, test_cache_dir, unique_table, unix_now,
+};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
 
@@ -212,7 +214,7 @@ fn start_bootstrap(bootstrap: &Path, runtime_api: &str, env: &[(&str, &str)]) ->
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("AWS_LAMBDA_LOG_LEVEL", "DEBUG")
         .envs(env.iter().copied())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting bootstrap")
@@ -225,16 +227,29 @@ async fn the_packaged_bootstrap_serves_events_and_survives_a_malformed_one() {
     let signer = DevSigner::generate().unwrap();
     let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
     let emulator = RuntimeApiEmulator::start().await;
-    let mut child = start_bootstrap(
-        &bootstrap,
-        &emulator.address,
-        &[
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("lambda");
+    create_table(&endpoint, &table);
+    let mut env = dynamodb_env(&endpoint, &table);
+    env.extend(
+        [
             ("AWS_REGION", REGION),
             ("COGNITO_USER_POOL_ID", POOL),
             ("COGNITO_CLIENT_ID", CLIENT),
             ("COGNITO_JWKS_URL", &jwks.url),
-        ],
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
     );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut child = start_bootstrap(&bootstrap, &emulator.address, &env);
+    // Read the log as it comes: at debug level the AWS SDK alone fills a
+    // pipe's buffer, and a blocked write would stall the function.
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let log_reader = std::thread::spawn(move || {
+        let mut logs = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut logs);
+        logs
+    });
 
     let token = cognito_token(&signer);
     let outcomes = [
@@ -272,8 +287,8 @@ async fn the_packaged_bootstrap_serves_events_and_survives_a_malformed_one() {
     assert_eq!(jwks.requests(), 1);
 
     child.kill().unwrap();
-    let output = child.wait_with_output().unwrap();
-    let logs = String::from_utf8_lossy(&output.stderr);
+    child.wait().unwrap();
+    let logs = log_reader.join().unwrap();
     // JSON lines carrying the Lambda request id and the connection id...
     let invocation_line = logs
         .lines()
@@ -302,21 +317,44 @@ async fn the_packaged_bootstrap_serves_events_and_survives_a_malformed_one() {
 async fn a_bad_configuration_fails_the_init_naming_the_variable() {
     let dir = test_cache_dir().join(format!("lambda-init-{}", std::process::id()));
     let bootstrap = unpack_lambda_zip(&dir);
-    let emulator = RuntimeApiEmulator::start().await;
-    let child = start_bootstrap(
-        &bootstrap,
-        &emulator.address,
-        &[("AWS_REGION", REGION), ("COGNITO_USER_POOL_ID", POOL)],
-    );
-    let (body, kind) = emulator.wait_init_error().await;
-    assert_eq!(kind, "Runtime.InitError");
-    assert!(
-        body["errorMessage"]
-            .as_str()
-            .unwrap()
-            .contains("COGNITO_CLIENT_ID"),
-        "{body}"
-    );
-    let output = child.wait_with_output().unwrap();
-    assert!(!output.status.success());
+    // A mistyped or missing variable must not start a function that refuses
+    // every user (dev mode) or loses records (memory): each is an init error.
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[
+                ("AWS_REGION", REGION),
+                ("COGNITO_USER_POOL_ID", POOL),
+                ("TABLE_NAME", "t"),
+            ],
+            "COGNITO_CLIENT_ID",
+        ),
+        (
+            &[
+                ("AWS_REGION", REGION),
+                ("COGNITO_CLIENT_ID", CLIENT),
+                ("TABLE_NAME", "t"),
+            ],
+            "COGNITO_USER_POOL_ID is not set",
+        ),
+        (
+            &[
+                ("AWS_REGION", REGION),
+                ("COGNITO_USER_POOL_ID", POOL),
+                ("COGNITO_CLIENT_ID", CLIENT),
+            ],
+            "TABLE_NAME is not set",
+        ),
+    ];
+    for (env, names) in cases {
+        let emulator = RuntimeApiEmulator::start().await;
+        let child = start_bootstrap(&bootstrap, &emulator.address, env);
+        let (body, kind) = emulator.wait_init_error().await;
+        assert_eq!(kind, "Runtime.InitError");
+        assert!(
+            body["errorMessage"].as_str().unwrap().contains(names),
+            "{names}: {body}"
+        );
+        let output = child.wait_with_output().unwrap();
+        assert!(!output.status.success(), "{names}");
+    }
 }

@@ -1,8 +1,10 @@
 //! Cold start of the packaged Lambda `bootstrap`: from process start to the
-//! first CONNECT (valid token, in-memory store) answered to a Runtime API
-//! emulator on 127.0.0.1, plus the process's peak RSS. A benchmark, not a
-//! test: run it after `scripts/package-lambda`:
+//! first CONNECT (valid token, records written to a local dynalite: the
+//! Lambda entry needs a table) answered to a Runtime API emulator on
+//! 127.0.0.1, plus the process's peak RSS. A benchmark, not a test: run it
+//! after `scripts/package-lambda`, with dynalite running:
 //!
+//!     scripts/dynalite start && eval "$(scripts/dynalite env)"
 //!     cargo run --release -p gitgazer-ws-tests --example lambda_cold_start [-- RUNS]
 
 mod common;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use gitgazer_ws::dev::DevSigner;
 use gitgazer_ws_tests::jwks_server::{JwksMode, JwksServer};
 use gitgazer_ws_tests::lambda_emulator::{Outcome, RuntimeApiEmulator};
+use gitgazer_ws_tests::{create_table, dynalite_endpoint, dynamodb_env, unique_table};
 use serde_json::json;
 
 #[tokio::main]
@@ -30,6 +33,9 @@ async fn main() {
     let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
     let (region, pool, client) = ("eu-west-1", "eu-west-1_Cold1", "cold-client");
     let event = common::connect_event(&signer, region, pool, client);
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("lambda-cold");
+    create_table(&endpoint, &table);
 
     let mut times = Vec::new();
     let mut peak_rss_kib = Vec::new();
@@ -42,6 +48,7 @@ async fn main() {
             .env("AWS_LAMBDA_FUNCTION_NAME", "gitgazer-ws")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .envs(dynamodb_env(&endpoint, &table))
             .env("AWS_REGION", region)
             .env("COGNITO_USER_POOL_ID", pool)
             .env("COGNITO_CLIENT_ID", client)

@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::events::{ProxyResponse, decode_event_value, handle_event};
 use crate::service::Handler;
+use crate::settings::TokenMode;
 use crate::startup::{self, StartOptions};
 
 /// What the Lambda environment always sets, and `lambda_runtime` requires.
@@ -38,7 +39,7 @@ pub async fn run(options: anyhow::Result<StartOptions>) -> anyhow::Result<()> {
             );
         }
     }
-    let started = match async { startup::start(options?).await }.await {
+    let started = match async { startup::start(deployable(options?)?).await }.await {
         Ok(started) => started,
         Err(error) => {
             report_init_error(&format!("{error:#}")).await;
@@ -53,6 +54,26 @@ pub async fn run(options: anyhow::Result<StartOptions>) -> anyhow::Result<()> {
     }))
     .await
     .map_err(|e| anyhow::anyhow!("Lambda runtime: {e}"))
+}
+
+/// A Lambda function serves real users: a missing user pool would mean dev
+/// mode (a random key nobody's token matches) and a missing table would keep
+/// records in the memory of one execution environment, lost to every other.
+/// Either is a mistyped deployment, so it fails the init, naming the variable.
+fn deployable(options: StartOptions) -> anyhow::Result<StartOptions> {
+    if options.mode == TokenMode::Dev {
+        anyhow::bail!(
+            "COGNITO_USER_POOL_ID is not set: the Lambda entry verifies the user pool's tokens \
+             (dev mode is for `gitgazer-ws serve` only)"
+        );
+    }
+    if options.table.is_none() {
+        anyhow::bail!(
+            "TABLE_NAME is not set: the Lambda entry keeps connection records in DynamoDB \
+             (memory would hold them in one execution environment only)"
+        );
+    }
+    Ok(options)
 }
 
 /// One invocation: decode, dispatch, answer. Never fails: every problem is
