@@ -1,6 +1,6 @@
 //! The `gitgazer-ws` binary: parses the command line and runs one command.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -28,7 +28,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let lambda = matches!(cli.command, Some(Command::Lambda))
         || (cli.command.is_none() && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some());
-    init_logging(cli.global.log_format, lambda);
+    // A one-shot command's output is its answer; its log says only what
+    // went wrong, unless RUST_LOG asks for more.
+    let one_shot = !lambda && !matches!(cli.command, Some(Command::Serve(_)));
+    init_logging(
+        cli.global.log_format,
+        lambda,
+        if one_shot { "warn" } else { "info" },
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -299,20 +306,25 @@ async fn handle_event(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Logs go to stderr; `RUST_LOG` sets the filter (default `info`). Under
-/// Lambda: JSON lines, and `AWS_LAMBDA_LOG_LEVEL` (the function's log-level
-/// setting) wins over `RUST_LOG`.
-fn init_logging(format: LogFormat, lambda: bool) {
+/// Logs go to stderr; `RUST_LOG` sets the filter (default `default_level`).
+/// Under Lambda: JSON lines, and `AWS_LAMBDA_LOG_LEVEL` (the function's
+/// log-level setting) wins over `RUST_LOG`. Colours only on a terminal, and
+/// never with `NO_COLOR` set (no-color.org): escape codes in a file or a log
+/// pipeline are noise, and worse, they can hide text.
+fn init_logging(format: LogFormat, lambda: bool, default_level: &str) {
     let lambda_level = lambda
         .then(|| std::env::var("AWS_LAMBDA_LOG_LEVEL").ok())
         .flatten()
         .map(|level| level.to_lowercase());
     let filter = match lambda_level {
-        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new(default_level)),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
     };
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if lambda || format == LogFormat::Json {
         builder.json().with_current_span(true).init();

@@ -12,11 +12,17 @@ const POOL: &str = "eu-west-1_Cli123";
 const CLIENT: &str = "cli-client";
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
+    run_with_env(args, stdin, &[])
+}
+
+fn run_with_env(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(binary_path())
         .args(args)
         .env_remove("COGNITO_USER_POOL_ID")
         .env_remove("TABLE_NAME")
+        .env_remove("RUST_LOG")
         .env("GITGAZER_WS_CACHE_DIR", test_cache_dir())
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -197,21 +203,25 @@ fn a_precompiled_component_that_does_not_fit_is_compiled_instead_with_a_warning(
         },
     })
     .to_string();
-    let output = run(
-        &[
-            "--precompiled",
-            stale.to_str().unwrap(),
-            "--no-cache",
-            "handle-event",
-        ],
-        Some(&event),
-    );
+    let args = [
+        "--precompiled",
+        stale.to_str().unwrap(),
+        "--no-cache",
+        "handle-event",
+    ];
+    let output = run(&args, Some(&event));
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     assert_eq!(
         stdout_json(&output),
         json!({ "statusCode": 200, "body": "No records to disconnect." })
     );
+    // A one-shot command logs warnings only...
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("does not fit this build"), "{stderr}");
+    assert!(!stderr.contains("INFO"), "{stderr}");
+    // ...unless RUST_LOG asks for more.
+    let output = run_with_env(&args, Some(&event), &[("RUST_LOG", "info")]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("compiled the guest component"), "{stderr}");
 }

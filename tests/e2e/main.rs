@@ -21,6 +21,7 @@ mod dynamodb;
 mod guest_stack;
 mod lambda;
 mod load_faults;
+mod logs;
 mod shutdown;
 mod store_faults;
 mod support;

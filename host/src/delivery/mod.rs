@@ -226,15 +226,28 @@ async fn deliver_to(
                 return Outcome::Gone;
             }
             Err(SendError::Forbidden(reason)) => {
-                tracing::error!(connection_id, %reason, "post refused (403); not retried");
+                tracing::error!(
+                    connection_id,
+                    reason = reason.as_str(),
+                    "post refused (403); not retried"
+                );
                 return Outcome::Failed;
             }
             Err(SendError::Failed(reason)) => {
-                tracing::warn!(connection_id, %reason, "post failed; not retried");
+                tracing::warn!(
+                    connection_id,
+                    reason = reason.as_str(),
+                    "post failed; not retried"
+                );
                 return Outcome::Failed;
             }
             Err(SendError::Retryable(reason)) if attempt >= options.max_attempts => {
-                tracing::warn!(connection_id, %reason, attempt, "post failed; attempts exhausted");
+                tracing::warn!(
+                    connection_id,
+                    reason = reason.as_str(),
+                    attempt,
+                    "post failed; attempts exhausted"
+                );
                 return Outcome::Failed;
             }
             Err(SendError::Retryable(_)) => {

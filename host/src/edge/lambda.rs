@@ -87,13 +87,16 @@ pub async fn handle(handler: &Handler, event: LambdaEvent<serde_json::Value>) ->
         .and_then(|e| e.request_context.connection_id.clone())
         .unwrap_or_default();
     // Every log line of this invocation carries both ids; never the token.
-    let span =
-        tracing::info_span!("invocation", request_id = %request_id, connection_id = %connection_id);
+    let span = tracing::info_span!(
+        "invocation",
+        request_id = request_id.as_str(),
+        connection_id = connection_id.as_str()
+    );
     async {
         match decoded {
             Ok(event) => handle_event(handler, &event, Some(&request_id)).await,
             Err(response) => {
-                tracing::warn!(reason = %response.body, "event did not decode");
+                tracing::warn!(reason = response.body.as_str(), "event did not decode");
                 response
             }
         }

@@ -56,6 +56,6 @@ impl ConnectionsHost<'_> {
     /// Store failures are logged here with the request id; the guest sees
     /// the class and answers the client generically.
     fn report(&self, error: &StoreError) {
-        tracing::warn!(request_id = %self.request_id, %error, "store operation failed");
+        tracing::warn!(request_id = self.request_id, %error, "store operation failed");
     }
 }

@@ -33,7 +33,7 @@ impl jwks::Host for JwksHost<'_> {
         match self.clock.wait(self.keys.key_set(refresh)).await {
             Ok(json) => Ok(json.to_string()),
             Err(reason) => {
-                tracing::error!(request_id = %self.request_id, %reason, "key set unavailable");
+                tracing::error!(request_id = self.request_id, %reason, "key set unavailable");
                 Err(reason)
             }
         }
