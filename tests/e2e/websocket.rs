@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use futures_util::{SinkExt, StreamExt};
 use gitgazer_ws_tests::{
     binary_path, create_table, dynalite_endpoint, dynamodb_env, unique_table, unix_now,
@@ -638,4 +639,46 @@ async fn a_burst_never_exceeds_max_websockets() {
     };
     open.push(reopened);
     assert_eq!(scan(&endpoint, &table).await.len(), 3);
+}
+
+/// Records as the original Node handler wrote them: no `expiresAt`, and
+/// `connectedAt` with milliseconds. A delivery treats them as not expiring
+/// and reaches their socket, instead of failing on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_written_by_the_original_handler_are_delivered() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-legacy");
+    create_table(&endpoint, &table);
+    let fixture = Fixture::start(&endpoint, &table, &[]);
+    let token = fixture.token("alice", &["acme"]).await;
+    let mut socket = open_with_query(&fixture, &token).await;
+    let stored = scan(&endpoint, &table).await;
+    let (_, connection_id, _, _) = stored.first().expect("the socket's record").clone();
+
+    let dynamo = client(&endpoint);
+    dynamo
+        .put_item()
+        .table_name(&table)
+        .item("integrationId", AttributeValue::S("legacy".into()))
+        .item("connectionId", AttributeValue::S(connection_id))
+        .item("sub", AttributeValue::S("alice".into()))
+        .item(
+            "connectedAt",
+            AttributeValue::S("2026-12-06T04:00:00.123Z".into()),
+        )
+        .send()
+        .await
+        .expect("put_item");
+
+    let (status, body) = post(&fixture, "/integrations/legacy/events", "{\"n\":7}").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"delivered":1,"gone":0,"failed":0,"expired":0}"#)
+    );
+    assert_eq!(
+        next_text(&mut socket, Duration::from_secs(10))
+            .await
+            .as_deref(),
+        Some("{\"n\":7}")
+    );
 }

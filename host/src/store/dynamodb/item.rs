@@ -14,6 +14,9 @@ pub const SUB: &str = "sub";
 pub const CONNECTED_AT: &str = "connectedAt";
 pub const EXPIRES_AT: &str = "expiresAt";
 
+/// The `expiresAt` of a record written without one.
+pub const NO_EXPIRY: u64 = u64::MAX;
+
 pub(super) fn put_request(record: &ConnectionRecord) -> Result<WriteRequest, StoreError> {
     let item = HashMap::from([
         (
@@ -62,17 +65,20 @@ fn key_attributes(key: &RecordKey) -> HashMap<String, AttributeValue> {
     ])
 }
 
-/// A stored item as a record; `sub` and `connectedAt` may be missing on
-/// records written by other tools (empty then), the keys and `expiresAt`
-/// may not.
+/// A stored item as a record. The keys are required; `sub` and
+/// `connectedAt` may be missing on records written by other tools (empty
+/// then; `connectedAt` is kept as written, e.g. the original handler's
+/// milliseconds). The original handler wrote no `expiresAt`: such a record
+/// never expires here ([`NO_EXPIRY`]), as it never expires in the table.
 pub(super) fn record_from(
     item: &HashMap<String, AttributeValue>,
 ) -> Result<ConnectionRecord, StoreError> {
     let expires_at = match item.get(EXPIRES_AT) {
+        None => Some(NO_EXPIRY),
         Some(AttributeValue::N(number)) => number.parse().ok(),
-        _ => None,
+        Some(_) => None,
     }
-    .ok_or_else(|| StoreError::Other(format!("Query: an item without a numeric {EXPIRES_AT}")))?;
+    .ok_or_else(|| StoreError::Other(format!("Query: an item with a non-numeric {EXPIRES_AT}")))?;
     Ok(ConnectionRecord {
         integration_id: string_attribute(item, INTEGRATION_ID)?,
         connection_id: string_attribute(item, CONNECTION_ID)?,
