@@ -182,6 +182,10 @@ pub struct ServeArgs {
     /// Open WebSockets at once on `/ws`; more are refused with 503.
     #[arg(long, env = "MAX_WEBSOCKETS", default_value_t = SocketLimits::default().max_connections)]
     pub max_websockets: usize,
+    /// Open WebSockets of one user (counted by the token's `sub`) at once;
+    /// more are refused with 503, so one valid token cannot take every slot.
+    #[arg(long, env = "MAX_WEBSOCKETS_PER_USER", default_value_t = SocketLimits::default().max_per_user)]
+    pub max_websockets_per_user: usize,
     /// A WebSocket without a data frame either way for this long is closed
     /// (API Gateway: 10 min). A duration: `90s`, `10m`, `1h 30m`.
     #[arg(long, env = "WS_IDLE_TIMEOUT", value_parser = positive_duration,
@@ -332,6 +336,7 @@ impl ServeArgs {
     pub fn socket_limits(&self) -> SocketLimits {
         SocketLimits {
             max_connections: self.max_websockets.max(1),
+            max_per_user: self.max_websockets_per_user.max(1),
             send_queue_bytes: usize::try_from(self.ws_send_queue_bytes).unwrap_or(usize::MAX),
             idle_timeout: self.ws_idle_timeout.into(),
             max_age: self.ws_max_age.into(),

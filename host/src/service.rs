@@ -38,7 +38,18 @@ impl Handler {
         connection_id: &str,
         id_token: Option<&str>,
     ) -> Response {
-        let reply = self
+        self.connect_as(request_id, connection_id, id_token).await.0
+    }
+
+    /// A CONNECT, with the `sub` of the user it stored records for (the
+    /// WebSocket endpoint counts sockets per user).
+    pub async fn connect_as(
+        &self,
+        request_id: &str,
+        connection_id: &str,
+        id_token: Option<&str>,
+    ) -> (Response, Option<String>) {
+        let (reply, sub) = self
             .runtime
             .connect(
                 &self.caps,
@@ -50,7 +61,7 @@ impl Handler {
             )
             .await;
         tracing::info!(request_id, connection_id, status = reply.status, "CONNECT");
-        reply
+        (reply, sub)
     }
 
     /// A DISCONNECT.

@@ -222,7 +222,8 @@ async fn run_case(runtime: &PolicyRuntime, case: &Value) -> Value {
                     u64_of(call, "now"),
                     &settings_of(&call["settings"]),
                 )
-                .await,
+                .await
+                .0,
         ),
         "disconnect" => reply(
             runtime

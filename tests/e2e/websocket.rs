@@ -243,7 +243,15 @@ async fn a_thousand_clients_of_ten_integrations() {
     let table = unique_table("ws-thousand");
     create_table(&endpoint, &table);
     // Small Query pages for the DISCONNECTs' GSI queries too.
-    let fixture = Fixture::start(&endpoint, &table, &[("DYNAMODB_QUERY_PAGE_LIMIT", "7")]);
+    // 100 sockets per user here, past the per-user default of 32.
+    let fixture = Fixture::start(
+        &endpoint,
+        &table,
+        &[
+            ("DYNAMODB_QUERY_PAGE_LIMIT", "7"),
+            ("MAX_WEBSOCKETS_PER_USER", "100"),
+        ],
+    );
     let mut tokens = Vec::new();
     for i in 0..INTEGRATIONS {
         tokens.push(
@@ -681,4 +689,67 @@ async fn records_written_by_the_original_handler_are_delivered() {
             .as_deref(),
         Some("{\"n\":7}")
     );
+}
+
+/// One valid token cannot take every slot: a user's 33rd socket is refused
+/// (the default `MAX_WEBSOCKETS_PER_USER`, 32) and leaves no record, while
+/// another user still connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_33rd_socket_is_refused_while_another_user_connects() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-per-user");
+    create_table(&endpoint, &table);
+    let fixture = Fixture::start(&endpoint, &table, &[]);
+    let mallory = fixture.token("mallory", &["acme"]).await;
+    let mut open = Vec::new();
+    for _ in 0..32 {
+        open.push(open_with_query(&fixture, &mallory).await);
+    }
+    match tokio_tungstenite::connect_async(ws_url(&fixture, &format!("?idToken={mallory}"))).await {
+        Err(WsError::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            assert_eq!(
+                response.body().as_deref(),
+                Some(&b"Too many connections."[..])
+            );
+        }
+        other => panic!("the 33rd socket was not refused: {other:?}"),
+    }
+    let alice = fixture.token("alice", &["acme"]).await;
+    let _alice = open_with_query(&fixture, &alice).await;
+    // 32 of mallory's and alice's one: the refused CONNECT left no record.
+    wait_for_table_len(&endpoint, &table, 33).await;
+    // A closed socket gives its user a slot back.
+    open.pop().unwrap().close(None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio_tungstenite::connect_async(ws_url(&fixture, &format!("?idToken={mallory}")))
+            .await
+        {
+            Ok(_) => break,
+            Err(WsError::Http(response)) if response.status() == 503 => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slot never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+}
+
+async fn wait_for_table_len(endpoint: &str, table: &str, expected: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = scan(endpoint, table).await.len();
+        if stored == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{stored} records, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -35,6 +35,9 @@ use gitgazer_ws_event::offered_bearer_token;
 pub struct SocketLimits {
     /// Open sockets at once; more upgrades are refused with 503.
     pub max_connections: usize,
+    /// Open sockets of one user (by `sub`) at once; more are refused with
+    /// 503, so one valid token cannot take every slot.
+    pub max_per_user: usize,
     /// Bytes waiting for one socket (each message also counts
     /// [`QUEUED_MESSAGE_OVERHEAD`]); a reader that falls further behind is
     /// disconnected, so memory stays bounded however slow it is.
@@ -55,6 +58,7 @@ impl Default for SocketLimits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_per_user: 32,
             send_queue_bytes: 1024 * 1024,
             max_message_bytes: MAX_MESSAGE_BYTES,
             idle_timeout: Duration::from_secs(600),
@@ -103,6 +107,8 @@ pub struct Sockets {
     slots: Arc<Semaphore>,
     /// Signalled whenever a slot is released (shutdown waits on it).
     released: Notify,
+    /// Open sockets per user (`sub`), only users with at least one.
+    per_user: Mutex<HashMap<String, usize>>,
     limits: SocketLimits,
 }
 
@@ -121,10 +127,36 @@ struct SocketHandle {
 pub struct Slot {
     sockets: Arc<Sockets>,
     permit: Option<OwnedSemaphorePermit>,
+    /// The user this slot counts against, once the CONNECT said who.
+    user: Option<String>,
+}
+
+impl Slot {
+    /// Counts this socket against its user: refused (503) at
+    /// `max_per_user`.
+    pub fn claim_user(&mut self, sub: &str) -> Result<(), &'static str> {
+        let mut per_user = self.sockets.lock_per_user();
+        let open = per_user.entry(sub.to_owned()).or_insert(0);
+        if *open >= self.sockets.limits.max_per_user {
+            return Err("Too many connections.");
+        }
+        *open += 1;
+        self.user = Some(sub.to_owned());
+        Ok(())
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some(user) = self.user.take() {
+            let mut per_user = self.sockets.lock_per_user();
+            if let Some(open) = per_user.get_mut(&user) {
+                *open -= 1;
+                if *open == 0 {
+                    per_user.remove(&user);
+                }
+            }
+        }
         // Back to the semaphore first, then tell a waiting shutdown.
         drop(self.permit.take());
         self.sockets.released.notify_waiters();
@@ -147,6 +179,7 @@ impl Sockets {
             open: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             released: Notify::new(),
+            per_user: Mutex::default(),
             limits,
         })
     }
@@ -171,10 +204,15 @@ impl Sockets {
             Ok(permit) => Ok(Slot {
                 sockets: self.clone(),
                 permit: Some(permit),
+                user: None,
             }),
             Err(TryAcquireError::Closed) => Err("Shutting down."),
             Err(TryAcquireError::NoPermits) => Err("Too many connections."),
         }
+    }
+
+    fn lock_per_user(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.per_user.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SocketHandle>> {
@@ -300,17 +338,25 @@ pub async fn upgrade(
     headers: &HeaderMap,
     query_token: Option<String>,
 ) -> Response {
-    let slot = match sockets.reserve() {
+    let mut slot = match sockets.reserve() {
         Ok(slot) => slot,
         Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     };
     let (token, bearer) = upgrade_token(headers, query_token);
     let connection_id = new_connection_id();
-    let reply: PolicyResponse = handler
-        .connect(&new_request_id(), &connection_id, token.as_deref())
+    let (reply, sub): (PolicyResponse, _) = handler
+        .connect_as(&new_request_id(), &connection_id, token.as_deref())
         .await;
     if reply.status != 200 {
         return reply.into_response();
+    }
+    if let Some(sub) = sub
+        && let Err(why) = slot.claim_user(&sub)
+    {
+        // The CONNECT stored records: a refused socket must leave none.
+        tracing::warn!(connection_id, "too many sockets of one user; refused");
+        handler.disconnect(&new_request_id(), &connection_id).await;
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     }
     let upgrade = if bearer {
         upgrade.protocols([BEARER_PROTOCOL])
@@ -471,6 +517,24 @@ mod tests {
         assert_eq!(sockets.reserve().err(), Some("Too many connections."));
         drop(first);
         assert!(sockets.reserve().is_ok());
+    }
+
+    #[test]
+    fn each_user_has_a_bound_of_their_own_and_gets_it_back() {
+        let sockets = Sockets::new(SocketLimits {
+            max_per_user: 2,
+            ..limits(10)
+        });
+        let claim = |sub: &str| {
+            let mut slot = sockets.reserve().unwrap();
+            slot.claim_user(sub).map(|()| slot)
+        };
+        let first = claim("alice").unwrap();
+        let _second = claim("alice").unwrap();
+        assert_eq!(claim("alice").err(), Some("Too many connections."));
+        assert!(claim("bob").is_ok(), "another user is not affected");
+        drop(first);
+        assert!(claim("alice").is_ok());
     }
 
     #[tokio::test]

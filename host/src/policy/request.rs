@@ -82,14 +82,24 @@ pub struct Ledger {
     written: Vec<RecordKey>,
     /// The latest `expiresAt` among them.
     expires_at: u64,
+    /// Whose they are (every record of a CONNECT carries the token's `sub`).
+    sub: Option<String>,
 }
 
 impl Ledger {
     pub fn stored(&mut self, records: &[ConnectionRecord]) {
+        if let Some(record) = records.first() {
+            self.sub.get_or_insert_with(|| record.sub.clone());
+        }
         self.written
             .extend(records.iter().map(ConnectionRecord::key));
         let latest = records.iter().map(|r| r.expires_at).max().unwrap_or(0);
         self.expires_at = self.expires_at.max(latest);
+    }
+
+    /// The user whose records this request stored, if it stored any.
+    pub fn sub(&self) -> Option<&str> {
+        self.sub.as_deref()
     }
 
     /// Undoes what was stored (after a trap).

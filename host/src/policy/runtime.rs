@@ -43,7 +43,7 @@ impl PolicyRuntime {
         self.engine.loaded_guest()
     }
 
-    /// Decides a CONNECT.
+    /// Decides a CONNECT; with the `sub` of the user whose records it stored.
     pub async fn connect(
         &self,
         caps: &Capabilities,
@@ -52,7 +52,7 @@ impl PolicyRuntime {
         id_token: Option<&str>,
         now: u64,
         settings: &Settings,
-    ) -> Response {
+    ) -> (Response, Option<String>) {
         let request = ConnectRequest {
             connection_id: connection_id.to_owned(),
             id_token: id_token.map(str::to_owned),
@@ -60,22 +60,22 @@ impl PolicyRuntime {
             settings: settings.clone(),
         };
         let Some(_slot) = self.engine.admit().await else {
-            return Response::internal_error();
+            return (Response::internal_error(), None);
         };
         let (mut store, guest) = match self.engine.instantiate(caps, request_id).await {
             Ok(instance) => instance,
-            Err(e) => return failed(request_id, "instantiate", &e),
+            Err(e) => return (failed(request_id, "instantiate", &e), None),
         };
         let result = guest
             .gitgazer_ws_handler_handler()
             .call_handle_connect(&mut store, &request)
             .await;
+        let ledger = std::mem::take(&mut store.data_mut().ledger);
         match result {
-            Ok(response) => response,
+            Ok(response) => (response, ledger.sub().map(str::to_owned)),
             Err(trap) => {
-                let ledger = std::mem::take(&mut store.data_mut().ledger);
                 ledger.roll_back(&*caps.store, request_id).await;
-                failed(request_id, "handle-connect", &trap)
+                (failed(request_id, "handle-connect", &trap), None)
             }
         }
     }
