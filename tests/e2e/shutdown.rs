@@ -4,33 +4,23 @@
 use std::time::Duration;
 
 use gitgazer_ws::dev::DevSigner;
+use gitgazer_ws_tests::Server;
 use gitgazer_ws_tests::jwks_server::{JwksMode, JwksServer, merge_key_sets};
-use gitgazer_ws_tests::{Server, unix_now};
-use serde_json::json;
 
-const REGION: &str = "eu-west-1";
-const POOL: &str = "eu-west-1_Stop1";
-const CLIENT: &str = "stop-client";
+use crate::support::Pool;
+
+const POOL: Pool = Pool {
+    region: "eu-west-1",
+    id: "eu-west-1_Stop1",
+    client: "stop-client",
+};
 
 fn token(signer: &DevSigner) -> String {
-    let now = unix_now();
-    signer.sign(&json!({
-        "sub": "u", "iss": format!("https://cognito-idp.{REGION}.amazonaws.com/{POOL}"),
-        "aud": CLIENT, "token_use": "id", "iat": now, "exp": now + 600,
-        "cognito:groups": ["acme"],
-    }))
+    POOL.token(signer, "u")
 }
 
-/// A Cognito-mode server whose key set comes from `jwks`.
 fn cognito_server(jwks: &JwksServer, extra: &[(&str, &str)]) -> Server {
-    let mut env = vec![
-        ("AWS_REGION", REGION),
-        ("COGNITO_USER_POOL_ID", POOL),
-        ("COGNITO_CLIENT_ID", CLIENT),
-        ("COGNITO_JWKS_URL", jwks.url.as_str()),
-    ];
-    env.extend_from_slice(extra);
-    Server::start(&env)
+    POOL.server(jwks, extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

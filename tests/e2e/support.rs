@@ -1,12 +1,16 @@
-//! Shared by the areas: a GET over HTTP; for the DynamoDB areas
-//! (`dynamodb`, `websocket`, `browser`, `load_faults`), a host in DynamoDB
-//! mode driven over HTTP and a direct view of the table.
+//! Shared by the areas: a GET over HTTP; a Cognito user pool's tokens and
+//! server; for the DynamoDB areas (`dynamodb`, `websocket`, `browser`,
+//! `load_faults`), a host in DynamoDB mode driven over HTTP and a direct view
+//! of the table.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use gitgazer_ws_tests::{Server, dynamodb_env};
+use gitgazer_ws::dev::DevSigner;
+use gitgazer_ws_tests::jwks_server::JwksServer;
+use gitgazer_ws_tests::{Server, dynamodb_env, unix_now};
+use serde_json::json;
 
 pub async fn get(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.expect("request");
@@ -150,4 +154,38 @@ pub async fn put_record(
         .send()
         .await
         .expect("put_item");
+}
+
+/// A Cognito user pool as the tests configure it: its tokens, signed by a
+/// test key, and a Cognito-mode server whose key set comes from a
+/// [`JwksServer`].
+pub struct Pool {
+    pub region: &'static str,
+    pub id: &'static str,
+    pub client: &'static str,
+}
+
+impl Pool {
+    /// A token of `sub` in group `acme`, valid for ten minutes.
+    pub fn token(&self, signer: &DevSigner, sub: &str) -> String {
+        let now = unix_now();
+        signer.sign(&json!({
+            "sub": sub,
+            "iss": format!("https://cognito-idp.{}.amazonaws.com/{}", self.region, self.id),
+            "aud": self.client, "token_use": "id", "iat": now, "exp": now + 600,
+            "cognito:groups": ["acme"],
+        }))
+    }
+
+    /// `serve` in Cognito mode for this pool, plus `extra` variables.
+    pub fn server(&self, jwks: &JwksServer, extra: &[(&str, &str)]) -> Server {
+        let mut env = vec![
+            ("AWS_REGION", self.region),
+            ("COGNITO_USER_POOL_ID", self.id),
+            ("COGNITO_CLIENT_ID", self.client),
+            ("COGNITO_JWKS_URL", jwks.url.as_str()),
+        ];
+        env.extend_from_slice(extra);
+        Server::start(&env)
+    }
 }

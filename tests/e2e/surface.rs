@@ -9,33 +9,16 @@ use std::net::{IpAddr, SocketAddr};
 
 use gitgazer_ws::dev::DevSigner;
 use gitgazer_ws_tests::jwks_server::{JwksMode, JwksServer};
-use gitgazer_ws_tests::{Server, unix_now};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
-const REGION: &str = "eu-west-1";
-const POOL: &str = "eu-west-1_Surface1";
-const CLIENT: &str = "surface-client";
+use crate::support::Pool;
 
-fn token(signer: &DevSigner, sub: &str) -> String {
-    let now = unix_now();
-    signer.sign(&json!({
-        "sub": sub, "iss": format!("https://cognito-idp.{REGION}.amazonaws.com/{POOL}"),
-        "aud": CLIENT, "token_use": "id", "iat": now, "exp": now + 600,
-        "cognito:groups": ["acme"],
-    }))
-}
-
-fn cognito_server(jwks: &JwksServer, extra: &[(&str, &str)]) -> Server {
-    let mut env = vec![
-        ("AWS_REGION", REGION),
-        ("COGNITO_USER_POOL_ID", POOL),
-        ("COGNITO_CLIENT_ID", CLIENT),
-        ("COGNITO_JWKS_URL", jwks.url.as_str()),
-    ];
-    env.extend_from_slice(extra);
-    Server::start(&env)
-}
+const POOL: Pool = Pool {
+    region: "eu-west-1",
+    id: "eu-west-1_Surface1",
+    client: "surface-client",
+};
 
 /// This machine's first non-loopback IPv4 address (`hostname -I`): a peer
 /// that is not loopback without leaving the machine.
@@ -95,11 +78,11 @@ fn management_only(victim_token: &str) -> Vec<(&'static str, String, String)> {
 async fn the_public_port_serves_no_test_or_management_route_to_another_address() {
     let signer = DevSigner::generate().unwrap();
     let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
-    let server = cognito_server(&jwks, &[("BIND_ADDRESS", "0.0.0.0")]);
+    let server = POOL.server(&jwks, &[("BIND_ADDRESS", "0.0.0.0")]);
     let public = format!("http://{}:{}", own_address(), port_of(&server.base_url));
 
     // The victim's connection, made where such calls belong.
-    let victim = token(&signer, "victim");
+    let victim = POOL.token(&signer, "victim");
     let connect = format!("/connect?idToken={victim}&connectionId=victim");
     assert_eq!(
         send("GET", &server.management(&connect), "").await,
@@ -107,7 +90,7 @@ async fn the_public_port_serves_no_test_or_management_route_to_another_address()
     );
 
     // From another address, the public port knows none of it...
-    let mallory = token(&signer, "mallory");
+    let mallory = POOL.token(&signer, "mallory");
     for (method, path, body) in management_only(&mallory) {
         let (status, _) = send(method, &format!("{public}{path}"), &body).await;
         assert_eq!(status, 404, "{method} {path} on the public port");
@@ -153,7 +136,7 @@ async fn start_tcp_proxy(upstream: SocketAddr) -> SocketAddr {
 async fn behind_a_same_host_proxy_the_public_port_still_serves_no_management_route() {
     let signer = DevSigner::generate().unwrap();
     let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
-    let server = cognito_server(&jwks, &[]);
+    let server = POOL.server(&jwks, &[]);
     let upstream: SocketAddr = server
         .base_url
         .trim_start_matches("http://")
@@ -161,7 +144,7 @@ async fn behind_a_same_host_proxy_the_public_port_still_serves_no_management_rou
         .unwrap();
     let proxy = format!("http://{}", start_tcp_proxy(upstream).await);
 
-    let mallory = token(&signer, "mallory");
+    let mallory = POOL.token(&signer, "mallory");
     for (method, path, body) in management_only(&mallory) {
         let (status, _) = send(method, &format!("{proxy}{path}"), &body).await;
         assert_eq!(status, 404, "{method} {path} through the proxy");
@@ -176,7 +159,7 @@ async fn behind_a_same_host_proxy_the_public_port_still_serves_no_management_rou
 async fn the_management_listener_on_ipv6_any_takes_a_local_ipv4_client_as_loopback() {
     let signer = DevSigner::generate().unwrap();
     let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
-    let server = cognito_server(&jwks, &[("MANAGEMENT_BIND", "[::]:0")]);
+    let server = POOL.server(&jwks, &[("MANAGEMENT_BIND", "[::]:0")]);
     // An IPv4 client of a dual-stack listener: the peer is ::ffff:127.0.0.1.
     let management = format!("http://127.0.0.1:{}", port_of(&server.management_url));
     let (status, body) = send("GET", &format!("{management}/status"), "").await;

@@ -631,21 +631,7 @@ async fn a_burst_never_exceeds_max_websockets() {
     // One closes; its slot comes back once its DISCONNECT has run.
     let mut first = open.remove(0);
     first.close(None).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let reopened = loop {
-        match tokio_tungstenite::connect_async(url.clone()).await {
-            Ok((socket, _)) => break socket,
-            Err(WsError::Http(response)) if response.status() == 503 => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the slot never came back"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(other) => panic!("{other}"),
-        }
-    };
-    open.push(reopened);
+    open.push(open_when_a_slot_frees(&url).await);
     assert_eq!(scan(&endpoint, &table).await.len(), 3);
 }
 
@@ -721,12 +707,16 @@ async fn a_users_33rd_socket_is_refused_while_another_user_connects() {
     wait_for_table_len(&endpoint, &table, 33).await;
     // A closed socket gives its user a slot back.
     open.pop().unwrap().close(None).await.unwrap();
+    open_when_a_slot_frees(&ws_url(&fixture, &format!("?idToken={mallory}"))).await;
+}
+
+/// Opens a socket at `url`, retrying while it is refused for want of a slot
+/// (503), until one comes back (at most 10 s).
+async fn open_when_a_slot_frees(url: &str) -> Socket {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match tokio_tungstenite::connect_async(ws_url(&fixture, &format!("?idToken={mallory}")))
-            .await
-        {
-            Ok(_) => break,
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((socket, _)) => return socket,
             Err(WsError::Http(response)) if response.status() == 503 => {
                 assert!(
                     tokio::time::Instant::now() < deadline,
