@@ -10,6 +10,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::delivery::{DeliveryOptions, MAX_MESSAGE_BYTES};
+use crate::edge::server::ConnectionLimits;
 use crate::edge::websocket::{LONGEST_SOCKET_LIMIT, QUEUED_MESSAGE_OVERHEAD, SocketLimits};
 use crate::policy::{EngineOptions, GuestBuild};
 use crate::settings::{DEFAULT_LEEWAY_SECONDS, DEFAULT_RECORD_TTL_SECONDS, TokenMode, non_empty};
@@ -179,6 +180,18 @@ pub struct ServeArgs {
     /// Management API endpoint; unset: this host's own WebSocket endpoint.
     #[arg(long, env = "WEBSOCKET_API_ENDPOINT")]
     pub websocket_api_endpoint: Option<String>,
+    /// Open connections on the public listener at once, WebSockets
+    /// included; beyond it new ones wait in the kernel's queue. Capped by
+    /// what the open-file limit leaves (a warning says so).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections,
+          value_parser = clap::value_parser!(u64).range(1..).map(|n| usize::try_from(n).unwrap_or(usize::MAX)))]
+    pub max_connections: usize,
+    /// A connection must send a whole request head within this time of
+    /// opening, and again of each response (so it is also the keep-alive
+    /// idle timeout); else it is closed. Both listeners.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", value_parser = positive_duration,
+          default_value_t = ConnectionLimits::default().header_timeout.into())]
+    pub http_header_timeout: humantime::Duration,
     /// Open WebSockets at once on `/ws`; more are refused with 503.
     #[arg(long, env = "MAX_WEBSOCKETS", default_value_t = SocketLimits::default().max_connections)]
     pub max_websockets: usize,
@@ -333,6 +346,13 @@ impl GlobalArgs {
 
 impl ServeArgs {
     /// The self-hosted endpoint's bounds.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: self.http_header_timeout.into(),
+            max_connections: self.max_connections,
+        }
+    }
+
     pub fn socket_limits(&self) -> SocketLimits {
         SocketLimits {
             max_connections: self.max_websockets.max(1),
@@ -389,6 +409,15 @@ mod tests {
             })
         };
         let defaults = serve(&[]).unwrap();
+        assert_eq!(defaults.connection_limits(), ConnectionLimits::default());
+        let set = serve(&["--max-connections", "50", "--http-header-timeout", "2s"]).unwrap();
+        assert_eq!(
+            set.connection_limits(),
+            ConnectionLimits {
+                header_timeout: Duration::from_secs(2),
+                max_connections: 50
+            }
+        );
         let limits = defaults.socket_limits();
         assert_eq!(limits.idle_timeout, Duration::from_secs(600));
         assert_eq!(limits.max_age, Duration::from_secs(7200));
@@ -402,6 +431,8 @@ mod tests {
             ("--ws-max-age", "soon", "e.g. 30s"),
             ("--ws-max-age", "500000000y", "at most 366 days"),
             ("--ws-send-queue-bytes", "1000", "131136"),
+            ("--http-header-timeout", "0s", "more than zero"),
+            ("--max-connections", "0", "1.."),
         ] {
             let err = serve(&[flag, value]).unwrap_err().to_string();
             assert!(err.contains(says), "{flag} {value}: {err}");

@@ -10,6 +10,7 @@ use gitgazer_ws::cli::{Cli, Command, DeliverArgs, GlobalArgs, LogFormat, ServeAr
 use gitgazer_ws::clock::unix_now;
 use gitgazer_ws::delivery::{self, ConnectionSender, DeliveryOptions, ManagementApi};
 use gitgazer_ws::edge::http::{AppState, management_app, public_app};
+use gitgazer_ws::edge::server::{self, ConnectionLimits};
 use gitgazer_ws::edge::websocket::Sockets;
 use gitgazer_ws::edge::{events, lambda};
 use gitgazer_ws::policy::engine;
@@ -189,20 +190,26 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode
     // On a signal: stop accepting on both listeners, let in-flight requests
     // finish, but no longer than the grace period.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
-    let stopping = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stopping.wait_for(|stopping| *stopping).await;
-    };
     let grace = std::time::Duration::from_secs(args.shutdown_grace_seconds);
-    let public = axum::serve(
+    let limits = args.connection_limits();
+    let public = server::serve(
         public,
-        public_app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopping(stopping_rx.clone()));
-    let management = axum::serve(
+        public_app(state.clone()),
+        ConnectionLimits {
+            max_connections: server::connection_budget(limits.max_connections),
+            ..limits
+        },
+        stopping_rx.clone(),
+    );
+    let management = server::serve(
         management,
-        management_app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopping(stopping_rx));
+        management_app(state),
+        ConnectionLimits {
+            max_connections: server::MANAGEMENT_MAX_CONNECTIONS,
+            ..limits
+        },
+        stopping_rx,
+    );
     let closing = sockets.clone();
     let signalled = async move {
         shutdown_signal().await;
@@ -213,9 +220,7 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        result = async { tokio::try_join!(public.into_future(), management.into_future()) } => {
-            result?;
-        }
+        ((), ()) = async { tokio::join!(public, management) } => {}
         () = signalled => {
             tracing::warn!(?grace, "in-flight requests still running after the grace period; exiting");
         }

@@ -19,6 +19,7 @@ mod containment;
 mod dev_server;
 mod dynamodb;
 mod guest_stack;
+mod http_limits;
 mod lambda;
 mod load_faults;
 mod logs;

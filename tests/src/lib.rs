@@ -63,7 +63,21 @@ impl Server {
     }
 
     pub fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> Server {
-        let mut command = Command::new(binary_path());
+        Self::start_wrapped(&[], env, args)
+    }
+
+    /// [`Server::start_with_args`] run through a wrapper command, e.g.
+    /// `["prlimit", "--nofile=1024:1024", "--"]`.
+    pub fn start_wrapped(wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Server {
+        let binary = binary_path();
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
         for var in [
             "AWS_REGION",
             "COGNITO_USER_POOL_ID",

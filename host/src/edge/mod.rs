@@ -1,4 +1,5 @@
-//! Where requests come in: the HTTP server (`http`), the self-hosted
+//! Where requests come in: the HTTP routes (`http`) behind the accept loop
+//! (`server`), the self-hosted
 //! WebSocket endpoint (`websocket`), API Gateway events (`events`) and the
 //! Lambda entry (`lambda`). Each hands the request to the same
 //! [`crate::service::Handler`] and turns its answer into its own shape.
@@ -6,6 +7,7 @@
 pub mod events;
 pub mod http;
 pub mod lambda;
+pub mod server;
 pub mod websocket;
 
 use axum::http::{StatusCode, header};
