@@ -41,6 +41,14 @@ impl Response {
         Response {
             status,
             body: body.into(),
+            rejection: None,
+        }
+    }
+
+    fn refused(rejection: Rejection, status: u16, body: &str) -> Self {
+        Response {
+            rejection: Some(rejection),
+            ..Response::new(status, body)
         }
     }
 }
@@ -60,12 +68,13 @@ pub fn handle_connect(request: &ConnectRequest, caps: &mut impl Capabilities) ->
                 Level::Info,
                 &format!("connect denied: token {}", rejection.as_str()),
             );
-            return match rejection {
-                Rejection::Missing => Response::new(401, body::NO_TOKEN),
+            let (status, text) = match rejection {
+                Rejection::Missing => (401, body::NO_TOKEN),
                 // Not the client's fault: the host could not supply keys.
-                Rejection::KeySetUnavailable => Response::new(500, body::INTERNAL_ERROR),
-                _ => Response::new(401, body::INVALID_TOKEN),
+                Rejection::KeySetUnavailable => (500, body::INTERNAL_ERROR),
+                _ => (401, body::INVALID_TOKEN),
             };
+            return Response::refused(rejection, status, text);
         }
     };
     if identity.groups.is_empty() {

@@ -155,6 +155,7 @@ mod component {
         types::Response {
             status: response.status,
             body: response.body,
+            rejection: response.rejection.map(rejection_to_wit),
         }
     }
 

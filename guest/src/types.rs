@@ -46,6 +46,9 @@ pub struct Response {
     pub status: u16,
     /// A short text for the client.
     pub body: String,
+    /// Why the token was refused, when that is why the request was (for the
+    /// host's metrics; never sent to the client).
+    pub rejection: Option<Rejection>,
 }
 
 /// One stored record: one per (group, connection).

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use gitgazer_ws_guest::{
-    ConnectRequest, DisconnectRequest, Level, RecordKey, Response, StoreError, handle_connect,
-    handle_disconnect,
+    ConnectRequest, DisconnectRequest, Level, RecordKey, Rejection, Response, StoreError,
+    handle_connect, handle_disconnect,
 };
 use serde_json::json;
 
@@ -38,6 +38,15 @@ fn response(status: u16, body: &str) -> Response {
     Response {
         status,
         body: body.into(),
+        rejection: None,
+    }
+}
+
+/// A refusal because of the token: the class rides along for the host.
+fn refused(status: u16, body: &str, rejection: Rejection) -> Response {
+    Response {
+        rejection: Some(rejection),
+        ..response(status, body)
     }
 }
 
@@ -75,7 +84,11 @@ fn no_token_or_empty_token() {
         let mut host = FakeHost::new();
         assert_eq!(
             connect(token, &mut host),
-            response(401, "Unauthorized: No authentication token provided")
+            refused(
+                401,
+                "Unauthorized: No authentication token provided",
+                Rejection::Missing
+            )
         );
         assert!(host.key_set_calls.is_empty());
         assert_eq!(host.put_all_calls, 0);
@@ -103,11 +116,13 @@ fn any_invalid_token_is_the_same_401() {
     ];
     for (token, class) in cases {
         let mut host = FakeHost::new();
+        let reply = connect(Some(token.clone()), &mut host);
         assert_eq!(
-            connect(Some(token.clone()), &mut host),
-            response(401, "Unauthorized: Invalid authentication token"),
+            (reply.status, reply.body.as_str()),
+            (401, "Unauthorized: Invalid authentication token"),
             "{class}"
         );
+        assert_eq!(reply.rejection.map(Rejection::as_str), Some(class));
         assert_eq!(host.put_all_calls, 0, "{class}");
         assert!(
             host.logged_at(Level::Info, class),
@@ -141,7 +156,7 @@ fn key_set_unavailable_is_a_server_error() {
     let mut host = FakeHost::with_key_set(Err("jwks fetch timed out".into()));
     assert_eq!(
         connect(Some(valid_token()), &mut host),
-        response(500, "Internal server error.")
+        refused(500, "Internal server error.", Rejection::KeySetUnavailable)
     );
     assert!(host.logged_at(Level::Error, "jwks fetch timed out"));
     assert!(host.logged_at(Level::Info, "key-set-unavailable"));

@@ -13,6 +13,7 @@
 //!   comes from; [`delivery`]: events out to connections;
 //! - [`settings`]: what tokens are checked against; [`dev`]: dev mode's key
 //!   and tokens; [`cli`] and [`startup`]: flags, env, and start-up;
+//! - [`telemetry`]: metrics (Prometheus for `serve`, EMF under Lambda);
 //! - [`retry`] and [`clock`]: the one backoff, the one wall clock.
 //!
 //! Dependencies point one way (`scripts/module-cycles` checks it): `cli` →
@@ -30,4 +31,5 @@ pub mod service;
 pub mod settings;
 pub mod startup;
 pub mod store;
+pub mod telemetry;
 pub mod wit;

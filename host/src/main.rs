@@ -16,8 +16,8 @@ use gitgazer_ws::edge::{events, lambda};
 use gitgazer_ws::policy::engine;
 use gitgazer_ws::service::{Handler, new_request_id};
 use gitgazer_ws::settings::TokenMode;
-use gitgazer_ws::startup;
 use gitgazer_ws::store::{DynamoDbStore, MemoryStore};
+use gitgazer_ws::{startup, telemetry};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
@@ -144,6 +144,8 @@ fn read_input(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
 }
 
 async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    // First, so that what start-up records (the key set) is counted.
+    let metrics = telemetry::prometheus::install()?;
     let started = startup::start(global.start_options()?).await?;
     let dev = started.mode == TokenMode::Dev;
     // Dev mode mints tokens for anyone who asks: loopback only, both ports.
@@ -186,6 +188,7 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode
         dev: started.dev,
         sockets: sockets.clone(),
         sender,
+        metrics: Some(metrics),
     };
     // On a signal: stop accepting on both listeners, let in-flight requests
     // finish, but no longer than the grace period.

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use crate::clock::unix_now;
 use crate::keys::KeySetSource;
 use crate::policy::{Capabilities, PolicyRuntime, Verdict};
-use crate::store::ConnectionStore;
+use crate::store::{ConnectionStore, StoreError};
+use crate::telemetry;
 use crate::wit::types::{Response, Settings};
 
 #[derive(Clone)]
@@ -61,6 +62,7 @@ impl Handler {
             )
             .await;
         tracing::info!(request_id, connection_id, status = reply.status, "CONNECT");
+        telemetry::connect(reply.status, reply.rejection);
         (reply, sub)
     }
 
@@ -76,6 +78,7 @@ impl Handler {
             status = reply.status,
             "DISCONNECT"
         );
+        telemetry::disconnect(reply.status);
         reply
     }
 
@@ -88,6 +91,30 @@ impl Handler {
     /// in the background (`GET /status`).
     pub fn pending_rollbacks(&self) -> usize {
         self.caps.store.pending_rollbacks()
+    }
+
+    /// Whether this node can take CONNECTs: the key set is loaded (fetched
+    /// now if it is not, within the fetch back-off) and the store answered
+    /// its last call, or a probe (one lookup of a connection id no client
+    /// can have) now.
+    pub async fn readiness(&self) -> Result<(), &'static str> {
+        if self.caps.keys.key_set(false).await.is_err() {
+            return Err("key set not loaded");
+        }
+        if self.caps.store.last_call_answered() != Some(true) {
+            // Connection ids never contain a space: this one matches nothing.
+            if let Err(StoreError::Unavailable(_) | StoreError::Other(_)) =
+                self.caps.store.keys_of("readiness probe").await
+            {
+                return Err("store unavailable");
+            }
+        }
+        Ok(())
+    }
+
+    /// Policy instances running now.
+    pub fn instances_in_use(&self) -> usize {
+        self.runtime.instances_in_use()
     }
 
     /// Verifies a token at `now` (seconds since the Unix epoch).

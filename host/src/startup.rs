@@ -10,7 +10,7 @@ use crate::keys::{FetchLimits, KeySetSource, RemoteKeySet, StaticKeySet};
 use crate::policy::{EngineOptions, PolicyRuntime};
 use crate::service::Handler;
 use crate::settings::TokenMode;
-use crate::store::{ConnectionStore, DynamoDbOptions, DynamoDbStore, MemoryStore};
+use crate::store::{ConnectionStore, DynamoDbOptions, DynamoDbStore, Measured, MemoryStore};
 use crate::wit::types::Settings;
 
 /// What a handler is built from (the command line's `start_options`).
@@ -40,8 +40,8 @@ pub async fn start(options: StartOptions) -> anyhow::Result<Started> {
     } = options;
     let runtime = load_runtime(engine).await?;
     let store: Arc<dyn ConnectionStore> = match table {
-        Some(table) => Arc::new(DynamoDbStore::connect(table).await),
-        None => Arc::new(MemoryStore::new()),
+        Some(table) => Arc::new(Measured::new(DynamoDbStore::connect(table).await)),
+        None => Arc::new(Measured::new(MemoryStore::new())),
     };
 
     let (keys, dev): (Arc<dyn KeySetSource>, _) = match &mode {

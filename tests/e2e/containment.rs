@@ -35,6 +35,7 @@ fn fresh_instance_reply() -> Response {
     Response {
         status: 200,
         body: "calls in this instance: 1".into(),
+        rejection: None,
     }
 }
 

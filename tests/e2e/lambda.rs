@@ -214,7 +214,7 @@ fn start_bootstrap(bootstrap: &Path, runtime_api: &str, env: &[(&str, &str)]) ->
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("AWS_LAMBDA_LOG_LEVEL", "DEBUG")
         .envs(env.iter().copied())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting bootstrap")
@@ -249,6 +249,12 @@ async fn the_packaged_bootstrap_serves_events_and_survives_a_malformed_one() {
         let mut logs = String::new();
         let _ = std::io::Read::read_to_string(&mut stderr, &mut logs);
         logs
+    });
+    let mut stdout = child.stdout.take().expect("stdout piped");
+    let metrics_reader = std::thread::spawn(move || {
+        let mut lines = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut lines);
+        lines
     });
 
     let token = cognito_token(&signer);
@@ -310,6 +316,66 @@ async fn the_packaged_bootstrap_serves_events_and_survives_a_malformed_one() {
     assert!(
         !logs.contains(&token[token.len() - 40..]),
         "the token leaked:\n{logs}"
+    );
+    assert_emf_per_invocation(&metrics_reader.join().unwrap());
+}
+
+/// Stdout holds one CloudWatch EMF document per invocation that recorded
+/// something, each well-formed: every metric it declares has a value.
+fn assert_emf_per_invocation(stdout: &str) {
+    let documents: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let mut request_ids = std::collections::BTreeSet::new();
+    for document in &documents {
+        let directive = &document["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "GitGazerWs", "{document}");
+        assert_eq!(directive["Dimensions"], json!([["FunctionName"]]));
+        assert_eq!(document["FunctionName"], "gitgazer-ws");
+        assert!(document["_aws"]["Timestamp"].as_u64().unwrap() > 1_600_000_000_000);
+        for metric in directive["Metrics"].as_array().unwrap() {
+            let name = metric["Name"].as_str().unwrap();
+            assert!(!document[name].is_null(), "{name} has no value: {document}");
+        }
+        let id = document["requestId"].as_str().unwrap().to_owned();
+        assert!(
+            request_ids.insert(id),
+            "two documents for one invocation: {stdout}"
+        );
+    }
+    let of = |id: &str| {
+        documents
+            .iter()
+            .find(|d| d["requestId"] == id)
+            .unwrap_or_else(|| panic!("no EMF document for {id}:\n{stdout}"))
+    };
+    // The first CONNECT stored two records; the second had no token.
+    let connect = of("req-0001");
+    assert_eq!(
+        connect["gitgazer_ws_connects_total{status=200,rejection=none}"],
+        1
+    );
+    assert_eq!(connect["gitgazer_ws_records_written_total"], 2);
+    assert_eq!(
+        connect["gitgazer_ws_policy_call_duration_seconds{export=handle-connect}"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        of("req-0003")["gitgazer_ws_connects_total{status=401,rejection=missing}"],
+        1
+    );
+    let disconnect = of("req-0005");
+    assert_eq!(disconnect["gitgazer_ws_disconnects_total{status=200}"], 1);
+    assert_eq!(disconnect["gitgazer_ws_records_deleted_total"], 2);
+    assert!(
+        disconnect
+            .get("gitgazer_ws_records_written_total")
+            .is_none(),
+        "{disconnect}"
     );
 }
 

@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 
 use crate::retry::Backoff;
 use crate::store::{ConnectionStore, StoreError};
+use crate::telemetry;
 
 /// API Gateway's WebSocket frame limit (128 KB); larger messages are refused
 /// before anything is sent.
@@ -137,6 +138,9 @@ pub async fn deliver(
         expired: count(expired.len()),
         ..DeliveryReport::default()
     };
+    for _ in &expired {
+        telemetry::delivery("expired", None);
+    }
     if !expired.is_empty() {
         let keys: Vec<_> = expired.iter().map(|record| record.key()).collect();
         if let Err(error) = store.delete(&keys).await {
@@ -165,21 +169,37 @@ pub async fn deliver(
                 options.clone(),
             );
             in_flight.spawn(async move {
-                deliver_to(&*store, &*sender, &connection_id, &message, &options).await
+                let started = std::time::Instant::now();
+                let outcome =
+                    deliver_to(&*store, &*sender, &connection_id, &message, &options).await;
+                (outcome, started.elapsed())
             });
         }
         let Some(outcome) = in_flight.join_next().await else {
             break;
         };
-        match outcome {
-            Ok(Outcome::Delivered) => report.delivered += 1,
-            Ok(Outcome::Gone) => report.gone += 1,
-            Ok(Outcome::Failed) => report.failed += 1,
+        let (outcome, elapsed) = match outcome {
+            Ok((outcome, elapsed)) => (outcome, Some(elapsed)),
             Err(error) => {
                 tracing::error!(%error, "a delivery task failed");
-                report.failed += 1;
+                (Outcome::Failed, None)
             }
-        }
+        };
+        let label = match outcome {
+            Outcome::Delivered => {
+                report.delivered += 1;
+                "delivered"
+            }
+            Outcome::Gone => {
+                report.gone += 1;
+                "gone"
+            }
+            Outcome::Failed => {
+                report.failed += 1;
+                "failed"
+            }
+        };
+        telemetry::delivery(label, elapsed);
     }
     tracing::info!(
         integration_id,

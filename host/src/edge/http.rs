@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 
 use super::events::handle_event_json;
@@ -26,6 +27,7 @@ use crate::delivery::{
 };
 use crate::dev::{DevClaims, DevSigner};
 use crate::service::{Handler, new_request_id};
+use crate::telemetry::{self, Gauges};
 use crate::wit::types::Response as PolicyResponse;
 
 /// Largest request body accepted (API Gateway events are a few KiB).
@@ -45,6 +47,8 @@ pub struct AppState {
     /// Where `POST /integrations/{id}/events` delivers: these sockets, or
     /// the API Gateway Management API when WEBSOCKET_API_ENDPOINT is set.
     pub sender: Arc<dyn ConnectionSender>,
+    /// Renders `GET /metrics`; `None` when no recorder is installed.
+    pub metrics: Option<PrometheusHandle>,
 }
 
 /// The public listener: what browsers need, and nothing else. In dev mode
@@ -77,7 +81,9 @@ pub fn management_app(state: AppState) -> Router {
         )
         .route("/integrations/{integration_id}/events", post(deliver_event))
         .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
-        .route("/status", get(status));
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz));
     if state.dev.is_none() {
         router = router.merge(test_routes());
     }
@@ -224,6 +230,40 @@ async fn status(State(state): State<AppState>) -> Response {
         "pendingRollbacks": state.handler.pending_rollbacks(),
     }))
     .into_response()
+}
+
+/// Prometheus text format; gauges read from the running parts first.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let Some(handle) = &state.metrics else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    telemetry::set_gauges(&Gauges {
+        sockets_open: state.sockets.len(),
+        socket_queued_bytes: state.sockets.queued_bytes(),
+        pending_rollbacks: state.handler.pending_rollbacks(),
+        policy_instances: state.handler.instances_in_use(),
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// Readiness, for a load balancer: 200 once the key set is loaded and the
+/// store answers; else 503 with the reason. `/healthz` stays liveness.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.handler.readiness().await {
+        Ok(()) => axum::Json(serde_json::json!({ "ready": true })).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "ready": false, "reason": reason })),
+        )
+            .into_response(),
+    }
 }
 
 #[derive(Deserialize)]

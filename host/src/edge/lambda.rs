@@ -13,9 +13,11 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use tracing::Instrument;
 
 use super::events::{ProxyResponse, decode_event_value, handle_event};
+use crate::clock::unix_now_millis;
 use crate::service::Handler;
 use crate::settings::TokenMode;
 use crate::startup::{self, StartOptions};
+use crate::telemetry::emf::{EmfOptions, EmfRecorder};
 
 /// What the Lambda environment always sets, and `lambda_runtime` requires.
 const REQUIRED_LAMBDA_VARIABLES: [&str; 4] = [
@@ -39,6 +41,19 @@ pub async fn run(options: anyhow::Result<StartOptions>) -> anyhow::Result<()> {
             );
         }
     }
+    let emf = match EmfOptions::from_env(
+        std::env::var("METRICS_NAMESPACE").ok().as_deref(),
+        std::env::var("METRICS_DIMENSIONS").ok().as_deref(),
+        std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok().as_deref(),
+    )
+    .and_then(EmfRecorder::install)
+    {
+        Ok(emf) => emf,
+        Err(error) => {
+            report_init_error(&format!("{error:#}")).await;
+            return Err(error);
+        }
+    };
     let started = match async { startup::start(deployable(options?)?).await }.await {
         Ok(started) => started,
         Err(error) => {
@@ -49,8 +64,16 @@ pub async fn run(options: anyhow::Result<StartOptions>) -> anyhow::Result<()> {
     let handler = started.handler;
     tracing::info!("Lambda runtime loop starting");
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
-        let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handle(&handler, event).await) }
+        let (handler, emf) = (handler.clone(), emf.clone());
+        async move {
+            let request_id = event.context.request_id.clone();
+            let response = handle(&handler, event).await;
+            // This invocation's metrics, one EMF line on stdout.
+            if let Some(document) = emf.flush(unix_now_millis(), &request_id) {
+                println!("{document}");
+            }
+            Ok::<_, Infallible>(response)
+        }
     }))
     .await
     .map_err(|e| anyhow::anyhow!("Lambda runtime: {e}"))

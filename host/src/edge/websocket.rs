@@ -25,6 +25,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::delivery::{ConnectionSender, MAX_MESSAGE_BYTES, SendError};
 use crate::service::{Handler, new_request_id};
+use crate::telemetry;
 use crate::wit::types::Response as PolicyResponse;
 
 pub use gitgazer_ws_event::BEARER_PROTOCOL;
@@ -195,6 +196,14 @@ impl Sockets {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes waiting in every socket's send queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock()
+            .values()
+            .map(|handle| handle.queued_bytes.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// A slot for one more socket; refused at `max_connections` or during
@@ -399,6 +408,7 @@ async fn serve_socket(mut socket: WebSocket, connection_id: String, handler: Han
         },
     );
     tracing::debug!(connection_id, "socket open");
+    telemetry::socket_opened();
 
     let opened = Instant::now();
     let mut last_data = opened;
@@ -460,6 +470,7 @@ async fn serve_socket(mut socket: WebSocket, connection_id: String, handler: Han
         }
     };
     sockets.remove(&connection_id);
+    telemetry::socket_closed(close_label(reason));
     let reply = handler.disconnect(&new_request_id(), &connection_id).await;
     tracing::debug!(
         connection_id,
@@ -469,6 +480,21 @@ async fn serve_socket(mut socket: WebSocket, connection_id: String, handler: Han
     );
     // The slot goes last: shutdown waits for it, so the DISCONNECT has run.
     drop(slot);
+}
+
+/// The metric label of a socket's end (the texts above, a fixed set).
+fn close_label(reason: &str) -> &'static str {
+    match reason {
+        "closed by the client" => "client",
+        "connection lost" => "lost",
+        "idle" => "idle",
+        "maximum age" => "max_age",
+        "no pong" => "ping_timeout",
+        "closed by the server" => "deleted",
+        "server shutting down" => "shutdown",
+        "slow reader" | "send timed out (slow reader)" => "slow_reader",
+        _ => "other",
+    }
 }
 
 /// The closing handshake: our close frame, then the client's (briefly), so
@@ -501,6 +527,32 @@ const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_end_of_a_socket_has_a_metric_label_of_the_fixed_set() {
+        let ends = [
+            "closed by the client",
+            "connection lost",
+            "idle",
+            "maximum age",
+            "no pong",
+            "send timed out (slow reader)",
+        ]
+        .into_iter()
+        .chain(
+            [
+                ServerClose::Deleted,
+                ServerClose::SlowReader,
+                ServerClose::Shutdown,
+            ]
+            .map(|close| close.frame().1),
+        );
+        for end in ends {
+            let label = close_label(end);
+            assert_ne!(label, "other", "{end}");
+            assert!(telemetry::CLOSE_REASONS.contains(&label), "{label}");
+        }
+    }
 
     fn limits(max_connections: usize) -> SocketLimits {
         SocketLimits {

@@ -33,7 +33,9 @@ impl StaticKeySet {
     pub fn new(json: impl Into<Arc<str>>, origin: impl Into<String>) -> anyhow::Result<Self> {
         let json = json.into();
         let origin = origin.into();
-        validate_key_set(&json).map_err(|e| anyhow::anyhow!("key set from {origin}: {e}"))?;
+        let keys =
+            validate_key_set(&json).map_err(|e| anyhow::anyhow!("key set from {origin}: {e}"))?;
+        crate::telemetry::key_set_loaded(keys);
         Ok(Self { json, origin })
     }
 }
@@ -49,14 +51,15 @@ impl KeySetSource for StaticKeySet {
     }
 }
 
-/// Whether the policy accepts a key set document: the guest's own parser
+/// Whether the policy accepts a key set document, and how many entries it
+/// has: the guest's own parser
 /// (the `gitgazer-ws-guest` crate, compiled natively), so the host never
 /// caches a set the guest would refuse (duplicate members, nesting past its
 /// bound, no `keys` array). Each key's own policy stays the guest's business:
 /// one bad key does not spoil a set.
-pub fn validate_key_set(json: &str) -> Result<(), String> {
+pub fn validate_key_set(json: &str) -> Result<usize, String> {
     match gitgazer_ws_guest::jwks::parse_key_set(json) {
-        Some(_) => Ok(()),
+        Some(set) => Ok(set.len()),
         None => Err(
             "not a key set the policy accepts: a JSON object with one \"keys\" \
                      array, no repeated member, nested at most as deep as the policy parses"

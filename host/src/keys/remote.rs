@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{KeySetSource, validate_key_set};
+use crate::telemetry;
 
 /// Bounds on one fetch.
 #[derive(Debug, Clone)]
@@ -93,36 +94,59 @@ impl RemoteKeySet {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// One fetch, counted by outcome (the metric's `outcome` label).
     async fn fetch(&self) -> Result<Arc<str>, String> {
         self.fetch_count
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.fetch_once().await {
+            Ok((set, keys)) => {
+                telemetry::key_set_fetch("ok");
+                telemetry::key_set_loaded(keys);
+                Ok(set)
+            }
+            Err((outcome, reason)) => {
+                telemetry::key_set_fetch(outcome);
+                Err(reason)
+            }
+        }
+    }
+
+    async fn fetch_once(&self) -> Result<(Arc<str>, usize), (&'static str, String)> {
         let mut response = self
             .client
             .get(self.url.clone())
             .send()
             .await
-            .map_err(|e| format!("fetching {}: {e}", self.url))?;
+            .map_err(|e| ("unreachable", format!("fetching {}: {e}", self.url)))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("fetching {}: HTTP {status}", self.url));
+            return Err((
+                "http_error",
+                format!("fetching {}: HTTP {status}", self.url),
+            ));
         }
         let mut body = Vec::new();
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| format!("reading {}: {e}", self.url))?
+            .map_err(|e| ("unreachable", format!("reading {}: {e}", self.url)))?
         {
             if body.len() + chunk.len() > self.limits.max_body_bytes {
-                return Err(format!(
-                    "{}: key set larger than {} bytes",
-                    self.url, self.limits.max_body_bytes
+                return Err((
+                    "too_large",
+                    format!(
+                        "{}: key set larger than {} bytes",
+                        self.url, self.limits.max_body_bytes
+                    ),
                 ));
             }
             body.extend_from_slice(&chunk);
         }
-        let json = String::from_utf8(body).map_err(|_| format!("{}: not UTF-8", self.url))?;
-        validate_key_set(&json).map_err(|e| format!("{}: {e}", self.url))?;
-        Ok(json.into())
+        let json =
+            String::from_utf8(body).map_err(|_| ("refused", format!("{}: not UTF-8", self.url)))?;
+        let keys =
+            validate_key_set(&json).map_err(|e| ("refused", format!("{}: {e}", self.url)))?;
+        Ok((json.into(), keys))
     }
 }
 

@@ -214,6 +214,7 @@ pub struct PolicyEngine {
     guest_time_budget: Duration,
     /// One permit per pool slot: requests beyond wait instead of failing.
     admission: Semaphore,
+    max_instances: usize,
 }
 
 impl PolicyEngine {
@@ -238,12 +239,19 @@ impl PolicyEngine {
             max_memory_bytes: options.max_memory_bytes,
             guest_time_budget: options.guest_time_budget,
             admission: Semaphore::new(options.max_instances.max(1) as usize),
+            max_instances: options.max_instances.max(1) as usize,
         })
     }
 
     /// Which guest runs.
     pub fn loaded_guest(&self) -> LoadedGuest {
         self.loaded
+    }
+
+    /// Instances running now (admitted requests).
+    pub fn instances_in_use(&self) -> usize {
+        self.max_instances
+            .saturating_sub(self.admission.available_permits())
     }
 
     /// Waits for an instance slot (`None`: the engine is closing).

@@ -4,9 +4,11 @@
 //! and the host keeps serving.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::engine::{EngineOptions, LoadedGuest, PolicyEngine};
 use super::request::Capabilities;
+use crate::telemetry::{self, PolicyFailure};
 use crate::wit::types::{
     ConnectRequest, DisconnectRequest, Identity, Response, Settings, TokenRejection,
 };
@@ -19,6 +21,7 @@ impl Response {
         Self {
             status: 500,
             body: INTERNAL_ERROR_BODY.into(),
+            rejection: None,
         }
     }
 }
@@ -59,12 +62,13 @@ impl PolicyRuntime {
             now,
             settings: settings.clone(),
         };
+        let call = Call::start("handle-connect");
         let Some(_slot) = self.engine.admit().await else {
             return (Response::internal_error(), None);
         };
         let (mut store, guest) = match self.engine.instantiate(caps, request_id).await {
             Ok(instance) => instance,
-            Err(e) => return (failed(request_id, "instantiate", &e), None),
+            Err(e) => return (call.failed(request_id, "instantiate", &e), None),
         };
         let result = guest
             .gitgazer_ws_handler_handler()
@@ -72,10 +76,13 @@ impl PolicyRuntime {
             .await;
         let ledger = std::mem::take(&mut store.data_mut().ledger);
         match result {
-            Ok(response) => (response, ledger.sub().map(str::to_owned)),
+            Ok(response) => {
+                call.done();
+                (response, ledger.sub().map(str::to_owned))
+            }
             Err(trap) => {
                 ledger.roll_back(&*caps.store, request_id).await;
-                (failed(request_id, "handle-connect", &trap), None)
+                (call.failed(request_id, "handle-connect", &trap), None)
             }
         }
     }
@@ -90,18 +97,25 @@ impl PolicyRuntime {
         let request = DisconnectRequest {
             connection_id: connection_id.to_owned(),
         };
+        let call = Call::start("handle-disconnect");
         let Some(_slot) = self.engine.admit().await else {
             return Response::internal_error();
         };
         let (mut store, guest) = match self.engine.instantiate(caps, request_id).await {
             Ok(instance) => instance,
-            Err(e) => return failed(request_id, "instantiate", &e),
+            Err(e) => return call.failed(request_id, "instantiate", &e),
         };
-        guest
+        match guest
             .gitgazer_ws_handler_handler()
             .call_handle_disconnect(&mut store, &request)
             .await
-            .unwrap_or_else(|trap| failed(request_id, "handle-disconnect", &trap))
+        {
+            Ok(response) => {
+                call.done();
+                response
+            }
+            Err(trap) => call.failed(request_id, "handle-disconnect", &trap),
+        }
     }
 
     /// Verifies a token alone, through the same guest code as CONNECT.
@@ -128,9 +142,43 @@ impl PolicyRuntime {
             .await
             .map_err(|e| anyhow::anyhow!("the guest trapped: {e}"))
     }
+
+    /// Instances running now.
+    pub fn instances_in_use(&self) -> usize {
+        self.engine.instances_in_use()
+    }
 }
 
-fn failed(request_id: &str, stage: &str, error: &wasmtime::Error) -> Response {
-    tracing::error!(request_id, stage, error = %format!("{error:#}"), "guest failed; request answered 500");
-    Response::internal_error()
+/// One policy call, timed from admission (waiting included) to answer.
+struct Call {
+    export: &'static str,
+    started: Instant,
+}
+
+impl Call {
+    fn start(export: &'static str) -> Self {
+        Self {
+            export,
+            started: Instant::now(),
+        }
+    }
+
+    fn done(self) {
+        telemetry::policy_call(self.export, self.started.elapsed(), None);
+    }
+
+    /// A 500 for a failed call: logged, counted by kind (a deadline is the
+    /// epoch interruption's trap).
+    fn failed(self, request_id: &str, stage: &str, error: &wasmtime::Error) -> Response {
+        let kind = if stage == "instantiate" {
+            PolicyFailure::Instantiate
+        } else if error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+            PolicyFailure::Deadline
+        } else {
+            PolicyFailure::Trap
+        };
+        telemetry::policy_call(self.export, self.started.elapsed(), Some(kind));
+        tracing::error!(request_id, stage, error = %format!("{error:#}"), "guest failed; request answered 500");
+        Response::internal_error()
+    }
 }

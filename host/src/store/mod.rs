@@ -6,10 +6,12 @@
 //! error.
 
 mod dynamodb;
+mod measured;
 mod memory;
 mod rollback;
 
 pub use dynamodb::{DynamoDbOptions, DynamoDbStore, UnprocessedRetry};
+pub use measured::Measured;
 pub use memory::MemoryStore;
 pub use rollback::RollbackRetry;
 
@@ -56,6 +58,12 @@ pub trait ConnectionStore: Send + Sync + 'static {
                 "could not roll back records of a failed CONNECT; expiresAt will remove them"
             ),
         }
+    }
+
+    /// Whether the store answered its last call (an error it sent counts,
+    /// being unreachable does not); `None` when not tracked or no call yet.
+    fn last_call_answered(&self) -> Option<bool> {
+        None
     }
 
     /// Keys whose rollback is still being retried or confirmed.

@@ -157,6 +157,7 @@ impl DynamoDbStore {
                 "resubmitting unprocessed items"
             );
             tokio::time::sleep(delay).await;
+            crate::telemetry::unprocessed_resubmitted(unprocessed.len());
             pending = unprocessed;
         }
     }

@@ -52,6 +52,7 @@ impl Guest for Misbehaving {
             "recurse" => Response {
                 status: 200,
                 body: recurse(u64::MAX).to_string(),
+                rejection: None,
             },
             "log-flood" => {
                 for i in 0..100_000 {
@@ -60,6 +61,7 @@ impl Guest for Misbehaving {
                 Response {
                     status: 200,
                     body: "flooded".into(),
+                    rejection: None,
                 }
             }
             "store-then-trap" => {
@@ -76,6 +78,7 @@ impl Guest for Misbehaving {
             _ => Response {
                 status: 200,
                 body: format!("calls in this instance: {calls}"),
+                rejection: None,
             },
         }
     }
@@ -84,6 +87,7 @@ impl Guest for Misbehaving {
         Response {
             status: 200,
             body: "ok".into(),
+            rejection: None,
         }
     }
 

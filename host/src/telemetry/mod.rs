@@ -1,0 +1,297 @@
+//! Metrics: every name, label and unit lives here, recorded through the
+//! `metrics` facade (a well-kept crate with a Prometheus exporter; the call
+//! sites stay one line and cost nothing when no recorder is installed, as in
+//! the one-shot commands). `serve` renders them for Prometheus on the
+//! management listener (`prometheus`); the Lambda entry writes one CloudWatch
+//! EMF line per invocation (`emf`).
+//!
+//! No label takes a value from a client: statuses, rejection classes,
+//! operations and reasons are fixed sets, so cardinality stays bounded.
+
+pub mod emf;
+pub mod prometheus;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+
+use crate::clock::unix_now_millis;
+use crate::wit::types::TokenRejection;
+
+pub const CONNECTS: &str = "gitgazer_ws_connects_total";
+pub const DISCONNECTS: &str = "gitgazer_ws_disconnects_total";
+pub const RECORDS_WRITTEN: &str = "gitgazer_ws_records_written_total";
+pub const RECORDS_DELETED: &str = "gitgazer_ws_records_deleted_total";
+pub const POLICY_DURATION: &str = "gitgazer_ws_policy_call_duration_seconds";
+pub const POLICY_FAILURES: &str = "gitgazer_ws_policy_failures_total";
+pub const POLICY_INSTANCES: &str = "gitgazer_ws_policy_instances_in_use";
+pub const KEY_SET_FETCHES: &str = "gitgazer_ws_key_set_fetches_total";
+pub const KEY_SET_AGE: &str = "gitgazer_ws_key_set_age_seconds";
+pub const KEY_SET_KEYS: &str = "gitgazer_ws_key_set_keys";
+pub const STORE_CALLS: &str = "gitgazer_ws_store_calls_total";
+pub const STORE_DURATION: &str = "gitgazer_ws_store_call_duration_seconds";
+pub const STORE_RESUBMITTED: &str = "gitgazer_ws_store_unprocessed_resubmitted_total";
+pub const STORE_PENDING_ROLLBACKS: &str = "gitgazer_ws_store_pending_rollbacks";
+pub const SOCKETS_OPEN: &str = "gitgazer_ws_sockets_open";
+pub const SOCKETS_OPENED: &str = "gitgazer_ws_sockets_opened_total";
+pub const SOCKETS_CLOSED: &str = "gitgazer_ws_sockets_closed_total";
+pub const SOCKET_QUEUED_BYTES: &str = "gitgazer_ws_socket_send_queue_bytes";
+pub const DELIVERIES: &str = "gitgazer_ws_deliveries_total";
+pub const DELIVERY_DURATION: &str = "gitgazer_ws_delivery_duration_seconds";
+
+/// Says what each metric means, once, for the exporter's `# HELP` lines.
+pub fn describe() {
+    describe_counter!(
+        CONNECTS,
+        "CONNECT decisions by status and token rejection class (none: not a token refusal)"
+    );
+    describe_counter!(DISCONNECTS, "DISCONNECT decisions by status");
+    describe_counter!(RECORDS_WRITTEN, "connection records stored");
+    describe_counter!(
+        RECORDS_DELETED,
+        "connection records deleted (DISCONNECTs, rollbacks, gone connections)"
+    );
+    describe_histogram!(
+        POLICY_DURATION,
+        Unit::Seconds,
+        "one policy call, admission to answer, by export"
+    );
+    describe_counter!(
+        POLICY_FAILURES,
+        "policy calls answered 500 by the host: trap, deadline (epoch interruption) or instantiate"
+    );
+    describe_gauge!(POLICY_INSTANCES, "policy instances running now");
+    describe_counter!(KEY_SET_FETCHES, "key set fetches by outcome");
+    describe_gauge!(
+        KEY_SET_AGE,
+        Unit::Seconds,
+        "age of the key set in use (absent before the first good fetch)"
+    );
+    describe_gauge!(KEY_SET_KEYS, "keys in the key set in use");
+    describe_counter!(STORE_CALLS, "store calls by operation and outcome");
+    describe_histogram!(
+        STORE_DURATION,
+        Unit::Seconds,
+        "one store call, by operation"
+    );
+    describe_counter!(
+        STORE_RESUBMITTED,
+        "items DynamoDB returned unprocessed and were resubmitted"
+    );
+    describe_gauge!(
+        STORE_PENDING_ROLLBACKS,
+        "records of failed CONNECTs still being removed in the background"
+    );
+    describe_gauge!(SOCKETS_OPEN, "self-hosted WebSockets open now");
+    describe_counter!(SOCKETS_OPENED, "self-hosted WebSockets opened");
+    describe_counter!(SOCKETS_CLOSED, "self-hosted WebSockets closed, by reason");
+    describe_gauge!(
+        SOCKET_QUEUED_BYTES,
+        Unit::Bytes,
+        "bytes waiting in every socket's send queue"
+    );
+    describe_counter!(DELIVERIES, "messages posted to connections, by outcome");
+    describe_histogram!(
+        DELIVERY_DURATION,
+        Unit::Seconds,
+        "one post to one connection"
+    );
+}
+
+/// Creates the counters of the fixed label sets at zero, so `rate()` and
+/// `increase()` see the first event (Prometheus's advice) and a scrape lists
+/// every name from the start. Rejection classes appear when first seen.
+pub fn initialize() {
+    for status in ["200", "400", "401", "429", "500", "503"] {
+        counter!(CONNECTS, "status" => status, "rejection" => "none").absolute(0);
+    }
+    for status in ["200", "400", "429", "500"] {
+        counter!(DISCONNECTS, "status" => status).absolute(0);
+    }
+    counter!(RECORDS_WRITTEN).absolute(0);
+    counter!(RECORDS_DELETED).absolute(0);
+    counter!(STORE_RESUBMITTED).absolute(0);
+    counter!(SOCKETS_OPENED).absolute(0);
+    for export in EXPORTS {
+        for kind in [
+            PolicyFailure::Trap,
+            PolicyFailure::Deadline,
+            PolicyFailure::Instantiate,
+        ] {
+            counter!(POLICY_FAILURES, "export" => export, "kind" => kind.label()).absolute(0);
+        }
+    }
+    for outcome in KEY_SET_OUTCOMES {
+        counter!(KEY_SET_FETCHES, "outcome" => outcome).absolute(0);
+    }
+    for operation in STORE_OPERATIONS {
+        for outcome in STORE_OUTCOMES {
+            counter!(STORE_CALLS, "operation" => operation, "outcome" => outcome).absolute(0);
+        }
+    }
+    for reason in CLOSE_REASONS {
+        counter!(SOCKETS_CLOSED, "reason" => reason).absolute(0);
+    }
+    for outcome in DELIVERY_OUTCOMES {
+        counter!(DELIVERIES, "outcome" => outcome).absolute(0);
+    }
+}
+
+/// The label values, each a fixed set.
+pub const EXPORTS: [&str; 2] = ["handle-connect", "handle-disconnect"];
+pub const KEY_SET_OUTCOMES: [&str; 5] = ["ok", "unreachable", "http_error", "too_large", "refused"];
+pub const STORE_OPERATIONS: [&str; 4] = ["put_all", "keys_of", "delete", "records_of"];
+pub const STORE_OUTCOMES: [&str; 6] = [
+    "ok",
+    "validation",
+    "throttled",
+    "not_found",
+    "unavailable",
+    "other",
+];
+pub const CLOSE_REASONS: [&str; 9] = [
+    "client",
+    "lost",
+    "idle",
+    "max_age",
+    "ping_timeout",
+    "deleted",
+    "shutdown",
+    "slow_reader",
+    "other",
+];
+pub const DELIVERY_OUTCOMES: [&str; 4] = ["delivered", "gone", "failed", "expired"];
+
+/// A CONNECT's decision.
+pub fn connect(status: u16, rejection: Option<TokenRejection>) {
+    let rejection = rejection.as_ref().map_or("none", TokenRejection::name);
+    counter!(CONNECTS, "status" => status_label(status), "rejection" => rejection).increment(1);
+}
+
+/// A DISCONNECT's decision.
+pub fn disconnect(status: u16) {
+    counter!(DISCONNECTS, "status" => status_label(status)).increment(1);
+}
+
+/// A policy call: its export (`handle-connect`, ...), time, and how it ended.
+pub fn policy_call(export: &'static str, elapsed: Duration, failure: Option<PolicyFailure>) {
+    histogram!(POLICY_DURATION, "export" => export).record(elapsed.as_secs_f64());
+    if let Some(failure) = failure {
+        counter!(POLICY_FAILURES, "export" => export, "kind" => failure.label()).increment(1);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyFailure {
+    Trap,
+    Deadline,
+    Instantiate,
+}
+
+impl PolicyFailure {
+    pub fn label(self) -> &'static str {
+        match self {
+            PolicyFailure::Trap => "trap",
+            PolicyFailure::Deadline => "deadline",
+            PolicyFailure::Instantiate => "instantiate",
+        }
+    }
+}
+
+/// A key set fetch's outcome: `ok`, `unreachable`, `http_error`,
+/// `too_large`, `refused` (a document the policy does not accept).
+pub fn key_set_fetch(outcome: &'static str) {
+    counter!(KEY_SET_FETCHES, "outcome" => outcome).increment(1);
+}
+
+/// When the key set in use was fetched (ms since the epoch; 0: none yet).
+static KEY_SET_FETCHED_AT_MS: AtomicU64 = AtomicU64::new(0);
+
+/// A good key set is now in use.
+pub fn key_set_loaded(keys: usize) {
+    KEY_SET_FETCHED_AT_MS.store(unix_now_millis(), Ordering::Relaxed);
+    gauge!(KEY_SET_KEYS).set(keys as f64);
+}
+
+/// Age of the key set in use; `None` before the first good one.
+pub fn key_set_age() -> Option<Duration> {
+    let at = KEY_SET_FETCHED_AT_MS.load(Ordering::Relaxed);
+    (at != 0).then(|| Duration::from_millis(unix_now_millis().saturating_sub(at)))
+}
+
+/// A store call: operation (`put_all`, `keys_of`, `delete`, `records_of`),
+/// outcome (`ok` or the store error's kind) and time.
+pub fn store_call(operation: &'static str, outcome: &'static str, elapsed: Duration) {
+    counter!(STORE_CALLS, "operation" => operation, "outcome" => outcome).increment(1);
+    histogram!(STORE_DURATION, "operation" => operation).record(elapsed.as_secs_f64());
+}
+
+pub fn records_written(count: usize) {
+    counter!(RECORDS_WRITTEN).increment(count as u64);
+}
+
+pub fn records_deleted(count: u32) {
+    counter!(RECORDS_DELETED).increment(u64::from(count));
+}
+
+pub fn unprocessed_resubmitted(items: usize) {
+    counter!(STORE_RESUBMITTED).increment(items as u64);
+}
+
+pub fn socket_opened() {
+    counter!(SOCKETS_OPENED).increment(1);
+}
+
+/// A socket closed: `client`, `lost`, `idle`, `max_age`, `ping_timeout`,
+/// `deleted`, `shutdown`, `slow_reader`.
+pub fn socket_closed(reason: &'static str) {
+    counter!(SOCKETS_CLOSED, "reason" => reason).increment(1);
+}
+
+/// One post to one connection: `delivered`, `gone`, `failed`, `expired`.
+pub fn delivery(outcome: &'static str, elapsed: Option<Duration>) {
+    counter!(DELIVERIES, "outcome" => outcome).increment(1);
+    if let Some(elapsed) = elapsed {
+        histogram!(DELIVERY_DURATION).record(elapsed.as_secs_f64());
+    }
+}
+
+/// What a scrape reads from the running parts rather than from events.
+pub struct Gauges {
+    pub sockets_open: usize,
+    pub socket_queued_bytes: usize,
+    pub pending_rollbacks: usize,
+    pub policy_instances: usize,
+}
+
+pub fn set_gauges(gauges: &Gauges) {
+    gauge!(SOCKETS_OPEN).set(gauges.sockets_open as f64);
+    gauge!(SOCKET_QUEUED_BYTES).set(gauges.socket_queued_bytes as f64);
+    gauge!(STORE_PENDING_ROLLBACKS).set(gauges.pending_rollbacks as f64);
+    gauge!(POLICY_INSTANCES).set(gauges.policy_instances as f64);
+    if let Some(age) = key_set_age() {
+        gauge!(KEY_SET_AGE).set(age.as_secs_f64());
+    }
+}
+
+/// Statuses are a fixed set of labels: a status the policy could answer
+/// but we do not expect is `other`.
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        409 => "409",
+        410 => "410",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        _ => "other",
+    }
+}
