@@ -74,7 +74,8 @@ pub struct GlobalArgs {
     /// Cognito user pool id (`<region>_<id>`); unset means dev mode.
     #[arg(long, env = "COGNITO_USER_POOL_ID", global = true)]
     pub user_pool_id: Option<String>,
-    /// Cognito app client id: the `aud` tokens must carry.
+    /// Cognito app client id: the `aud` tokens must carry; several (a web and
+    /// a mobile client of one pool) separated by commas, any of them accepted.
     #[arg(long, env = "COGNITO_CLIENT_ID", global = true)]
     pub client_id: Option<String>,
     /// Where to fetch the key set instead of the user pool's well-known URL.

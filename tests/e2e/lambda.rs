@@ -94,7 +94,7 @@ async fn real_events_through_the_handler_function() {
     let keys = Arc::new(StaticKeySet::new(signer.jwks().to_owned(), "test").unwrap());
     let settings = Settings {
         issuer: format!("https://cognito-idp.{REGION}.amazonaws.com/{POOL}"),
-        audience: CLIENT.into(),
+        audiences: vec![CLIENT.into()],
         leeway_seconds: 0,
         record_ttl_seconds: 7500,
     };
