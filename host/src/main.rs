@@ -78,7 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Table(TableCommand::Create) => {
             let options = cli
                 .global
-                .dynamodb_options()
+                .dynamodb_options()?
                 .ok_or_else(|| anyhow::anyhow!("table create needs TABLE_NAME (--table-name)"))?;
             let table = options.table.clone();
             DynamoDbStore::connect(options).await.create_table().await?;
@@ -102,7 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn deliver(global: &GlobalArgs, args: &DeliverArgs) -> anyhow::Result<ExitCode> {
     let message = read_input(args.message.as_deref())?;
-    let table = global.dynamodb_options().ok_or_else(|| {
+    let table = global.dynamodb_options()?.ok_or_else(|| {
         anyhow::anyhow!("deliver reads the records from DynamoDB: set TABLE_NAME (--table-name)")
     })?;
     let options = DeliveryOptions {
