@@ -271,6 +271,11 @@ pub struct CompileArgs {
     /// of this machine's CPU assumed): for shipping, e.g. in the Lambda zip.
     #[arg(long)]
     pub portable: bool,
+    /// Compile for any CPU of this target instead (implies --portable):
+    /// x86_64-unknown-linux-gnu or aarch64-unknown-linux-gnu, e.g. the arm64
+    /// Lambda zip's component, made on x86_64.
+    #[arg(long, value_parser = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"])]
+    pub target: Option<String>,
 }
 
 impl GlobalArgs {

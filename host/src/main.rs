@@ -88,8 +88,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deliver(args) => deliver(&cli.global, &args).await,
         Command::Compile(args) => {
             let options = cli.global.engine_options();
-            let built = if args.portable {
-                engine::build_portable_engine(&options)?
+            let built = if args.portable || args.target.is_some() {
+                engine::build_portable_engine(&options, args.target.as_deref())?
             } else {
                 engine::build_engine(&options)?
             };
