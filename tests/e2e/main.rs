@@ -26,4 +26,5 @@ mod shutdown;
 mod store_faults;
 mod support;
 mod surface;
+mod template;
 mod websocket;
