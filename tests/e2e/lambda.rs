@@ -340,7 +340,7 @@ async fn a_bad_configuration_fails_the_init_naming_the_variable() {
     let bootstrap = unpack_lambda_zip(X86_64_ZIP, &dir);
     // A mistyped or missing variable must not start a function that refuses
     // every user (dev mode) or loses records (memory): each is an init error.
-    let cases: [(&[(&str, &str)], &str); 3] = [
+    let cases: [(&[(&str, &str)], &str); 4] = [
         (
             &[
                 ("AWS_REGION", REGION),
@@ -364,6 +364,20 @@ async fn a_bad_configuration_fails_the_init_naming_the_variable() {
                 ("COGNITO_CLIENT_ID", CLIENT),
             ],
             "TABLE_NAME is not set",
+        ),
+        // GitGazer's name for the table, naming another one than ours.
+        (
+            &[
+                ("AWS_REGION", REGION),
+                ("COGNITO_USER_POOL_ID", POOL),
+                ("COGNITO_CLIENT_ID", CLIENT),
+                ("TABLE_NAME", "connections"),
+                (
+                    "DYNAMO_DB_CONNECTIONS_TABLE_ARN",
+                    "arn:aws:dynamodb:eu-west-1:123456789012:table/other",
+                ),
+            ],
+            "TABLE_NAME (--table-name) is \"connections\" but its alias DYNAMO_DB_CONNECTIONS_TABLE_ARN",
         ),
     ];
     for (env, names) in cases {
