@@ -49,7 +49,7 @@ pub const CONNECTION_ID: &str = "fuzz-connection";
 pub fn settings() -> Settings {
     Settings {
         issuer: ISSUER.into(),
-        audience: AUDIENCE.into(),
+        audiences: vec![AUDIENCE.into()],
         leeway_seconds: 60,
         record_ttl_seconds: 7200,
     }

@@ -92,7 +92,12 @@ pub fn validate(claims: &Object, now: u64, settings: &Settings) -> Result<Identi
     if claims.get("iss").and_then(Value::as_str) != Some(settings.issuer.as_str()) {
         return Err(Rejection::WrongIssuer);
     }
-    if aud.and_then(Value::as_str) != Some(settings.audience.as_str()) {
+    let aud = aud.and_then(Value::as_str);
+    if !settings
+        .audiences
+        .iter()
+        .any(|accepted| Some(accepted.as_str()) == aud)
+    {
         return Err(Rejection::WrongAudience);
     }
     if claims.get("token_use").and_then(Value::as_str) != Some("id") {
@@ -148,7 +153,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             issuer: "https://issuer.example".into(),
-            audience: "client".into(),
+            audiences: vec!["client".into()],
             leeway_seconds: 60,
             record_ttl_seconds: 7200,
         }
@@ -226,6 +231,28 @@ mod tests {
         ] {
             assert_eq!(check(extra), Err(expected), "{extra}");
         }
+    }
+
+    #[test]
+    fn aud_may_be_any_listed_client_and_nothing_else() {
+        let mut settings = settings();
+        settings.audiences = vec!["web".into(), "client".into()];
+        let with_aud = |aud: &str| claims(&format!(r#"{{"aud":"{aud}"}}"#));
+        assert!(validate(&with_aud("client"), NOW, &settings).is_ok());
+        assert!(validate(&with_aud("web"), NOW, &settings).is_ok());
+        for aud in ["mobile", "", "web,client", "Web"] {
+            assert_eq!(
+                validate(&with_aud(aud), NOW, &settings),
+                Err(Rejection::WrongAudience),
+                "{aud}"
+            );
+        }
+        // No accepted audience: no token passes (the host never sends one).
+        settings.audiences.clear();
+        assert_eq!(
+            validate(&with_aud("client"), NOW, &settings),
+            Err(Rejection::WrongAudience)
+        );
     }
 
     #[test]

@@ -145,7 +145,7 @@ mod component {
     fn settings_from_wit(settings: types::Settings) -> Settings {
         Settings {
             issuer: settings.issuer,
-            audience: settings.audience,
+            audiences: settings.audiences,
             leeway_seconds: settings.leeway_seconds,
             record_ttl_seconds: settings.record_ttl_seconds,
         }

@@ -11,8 +11,8 @@ use crate::prelude::*;
 pub struct Settings {
     /// The exact `iss` expected.
     pub issuer: String,
-    /// The exact `aud` expected (the app client id).
-    pub audience: String,
+    /// The `aud` values accepted, each exactly (the app client ids).
+    pub audiences: Vec<String>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     pub leeway_seconds: u32,
     /// How long a stored record lives, in seconds.

@@ -75,23 +75,26 @@ pub struct GlobalArgs {
     /// Cognito user pool id (`<region>_<id>`); unset means dev mode.
     #[arg(long, env = "COGNITO_USER_POOL_ID", global = true)]
     pub user_pool_id: Option<String>,
-    /// Cognito app client id: the `aud` tokens must carry.
+    /// Cognito app client id: the `aud` tokens must carry; several (a web and
+    /// a mobile client of one pool) separated by commas, any of them accepted.
     #[arg(long, env = "COGNITO_CLIENT_ID", global = true)]
     pub client_id: Option<String>,
     /// Where to fetch the key set instead of the user pool's well-known URL.
     #[arg(long, env = "COGNITO_JWKS_URL", global = true)]
     pub jwks_url: Option<String>,
-    /// DynamoDB table for connection records; unset keeps them in memory.
+    /// DynamoDB table for connection records, a name or a table ARN; unset
+    /// keeps them in memory. Alias: DYNAMO_DB_CONNECTIONS_TABLE_ARN (GitGazer's
+    /// name).
     #[arg(long, env = "TABLE_NAME", global = true)]
     pub table_name: Option<String>,
-    /// Name of the table's GSI on connectionId.
+    /// Name of the table's GSI on connectionId [default: connectionId-index].
+    /// Alias: DYNAMO_DB_TABLE_CONNECTIONS_CONNECTION_ID_INDEX (GitGazer's name).
     #[arg(
         long,
         env = "DYNAMODB_TABLE_CONNECTIONS_CONNECTION_ID_INDEX",
-        default_value = "connectionId-index",
         global = true
     )]
-    pub connection_id_index: String,
+    pub connection_id_index: Option<String>,
     /// Items per DynamoDB Query page (unset: DynamoDB's 1 MB pages).
     #[arg(long, env = "DYNAMODB_QUERY_PAGE_LIMIT", global = true)]
     pub query_page_limit: Option<u16>,
@@ -281,6 +284,11 @@ pub struct CompileArgs {
     /// of this machine's CPU assumed): for shipping, e.g. in the Lambda zip.
     #[arg(long)]
     pub portable: bool,
+    /// Compile for any CPU of this target instead (implies --portable):
+    /// x86_64-unknown-linux-gnu or aarch64-unknown-linux-gnu, e.g. the arm64
+    /// Lambda zip's component, made on x86_64.
+    #[arg(long, value_parser = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"])]
+    pub target: Option<String>,
 }
 
 impl GlobalArgs {
@@ -292,7 +300,7 @@ impl GlobalArgs {
             settings: self.policy_settings(&mode),
             mode,
             engine: self.engine_options(),
-            table: self.dynamodb_options(),
+            table: self.dynamodb_options()?,
         })
     }
 
@@ -330,18 +338,111 @@ impl GlobalArgs {
         }
     }
 
-    /// The table settings, when TABLE_NAME is set.
-    pub fn dynamodb_options(&self) -> Option<DynamoDbOptions> {
-        let table = non_empty(self.table_name.as_deref())?;
-        Some(DynamoDbOptions {
-            table: table.to_owned(),
-            connection_id_index: self.connection_id_index.clone(),
-            region: non_empty(self.region.as_deref()).map(str::to_owned),
+    /// The table settings, when TABLE_NAME (or its alias) is set; an error
+    /// when a variable and its alias disagree, or the ARN is not a table's.
+    pub fn dynamodb_options(&self) -> anyhow::Result<Option<DynamoDbOptions>> {
+        self.dynamodb_options_with(|name| std::env::var(name).ok())
+    }
+
+    /// `dynamodb_options` with the aliases read through `env`.
+    fn dynamodb_options_with(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Option<DynamoDbOptions>> {
+        let region = non_empty(self.region.as_deref());
+        let table = with_alias(
+            ("TABLE_NAME (--table-name)", self.table_name.as_deref()),
+            (TABLE_NAME_ALIAS, env(TABLE_NAME_ALIAS).as_deref()),
+            |a, b| table_name_of(a) == table_name_of(b),
+        )?;
+        let Some(table) = table else {
+            return Ok(None);
+        };
+        check_table_arn(&table, region)?;
+        let connection_id_index = with_alias(
+            (
+                "DYNAMODB_TABLE_CONNECTIONS_CONNECTION_ID_INDEX (--connection-id-index)",
+                self.connection_id_index.as_deref(),
+            ),
+            (
+                CONNECTION_ID_INDEX_ALIAS,
+                env(CONNECTION_ID_INDEX_ALIAS).as_deref(),
+            ),
+            |a, b| a == b,
+        )?
+        .unwrap_or_else(|| DEFAULT_CONNECTION_ID_INDEX.to_owned());
+        Ok(Some(DynamoDbOptions {
+            table,
+            connection_id_index,
+            region: region.map(str::to_owned),
             query_page_limit: self.query_page_limit.filter(|&n| n > 0).map(i32::from),
             unprocessed_retry: Default::default(),
             rollback_retry: Default::default(),
-        })
+        }))
     }
+}
+
+/// GitGazer's deployment names the table variable so (and sets the ARN).
+pub const TABLE_NAME_ALIAS: &str = "DYNAMO_DB_CONNECTIONS_TABLE_ARN";
+/// GitGazer's deployment names the index variable so.
+pub const CONNECTION_ID_INDEX_ALIAS: &str = "DYNAMO_DB_TABLE_CONNECTIONS_CONNECTION_ID_INDEX";
+/// The GSI on connectionId unless configured (GitGazer's name for it).
+pub const DEFAULT_CONNECTION_ID_INDEX: &str = "connectionId-index";
+
+/// Our variable or its alias, whichever is set (blank counts as unset); both
+/// set and not `same` is an error naming both, rather than a silent choice.
+fn with_alias(
+    (ours, our_value): (&str, Option<&str>),
+    (alias, alias_value): (&str, Option<&str>),
+    same: impl Fn(&str, &str) -> bool,
+) -> anyhow::Result<Option<String>> {
+    match (non_empty(our_value), non_empty(alias_value)) {
+        (Some(a), Some(b)) if !same(a, b) => anyhow::bail!(
+            "{ours} is {a:?} but its alias {alias} is {b:?}: set one of them, or both alike"
+        ),
+        (Some(value), _) | (None, Some(value)) => Ok(Some(value.to_owned())),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The table's name, also when given as its ARN
+/// (`arn:aws:dynamodb:eu-west-1:123456789012:table/NAME`).
+fn table_name_of(table: &str) -> &str {
+    table
+        .strip_prefix("arn:")
+        .and_then(|arn| arn.split_once(":table/"))
+        .map_or(table, |(_, name)| name)
+}
+
+/// A table ARN is passed to DynamoDB as the table name (it accepts both); it
+/// must be a DynamoDB table's ARN, in the configured region.
+fn check_table_arn(table: &str, region: Option<&str>) -> anyhow::Result<()> {
+    let Some(arn) = table.strip_prefix("arn:") else {
+        return Ok(());
+    };
+    let parts: Vec<&str> = arn.splitn(5, ':').collect();
+    let well_formed = matches!(
+        parts.as_slice(),
+        [partition, "dynamodb", arn_region, account, resource]
+            if !partition.is_empty() && !arn_region.is_empty() && !account.is_empty()
+                && resource.strip_prefix("table/").is_some_and(|name| !name.is_empty() && !name.contains('/'))
+    );
+    if !well_formed {
+        anyhow::bail!(
+            "the table {table:?} (TABLE_NAME or {TABLE_NAME_ALIAS}) is not a DynamoDB table ARN \
+             of the form arn:aws:dynamodb:<region>:<account>:table/<name>"
+        );
+    }
+    if let Some(region) = region
+        && parts[2] != region
+    {
+        anyhow::bail!(
+            "the table {table:?} (TABLE_NAME or {TABLE_NAME_ALIAS}) is in region {}, but \
+             AWS_REGION is {region}",
+            parts[2]
+        );
+    }
+    Ok(())
 }
 
 impl ServeArgs {
@@ -396,6 +497,102 @@ mod tests {
         .unwrap();
         let err = cli.global.token_mode().unwrap_err().to_string();
         assert!(err.contains("COGNITO_CLIENT_ID"), "{err}");
+    }
+
+    /// GlobalArgs from flags (env variables of the test process play no part:
+    /// the aliases are read through the given map).
+    fn global(args: &[&str]) -> GlobalArgs {
+        let mut argv = vec!["gitgazer-ws"];
+        argv.extend_from_slice(args);
+        argv.push("lambda");
+        Cli::try_parse_from(argv).unwrap().global
+    }
+
+    fn table_options(
+        args: &[&str],
+        aliases: &[(&str, &str)],
+    ) -> anyhow::Result<Option<(String, String)>> {
+        let env = |name: &str| {
+            aliases
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        Ok(global(args)
+            .dynamodb_options_with(env)?
+            .map(|o| (o.table, o.connection_id_index)))
+    }
+
+    #[test]
+    fn gitgazers_variable_names_are_aliases_and_a_table_arn_is_a_table_name() {
+        let arn = "arn:aws:dynamodb:eu-west-1:123456789012:table/connections";
+        let pair = |t: &str, i: &str| Some((t.to_owned(), i.to_owned()));
+        assert_eq!(table_options(&[], &[]).unwrap(), None);
+        assert_eq!(
+            table_options(&["--table-name", "t"], &[]).unwrap(),
+            pair("t", "connectionId-index")
+        );
+        // GitGazer's names alone.
+        assert_eq!(
+            table_options(
+                &["--region", "eu-west-1"],
+                &[
+                    (TABLE_NAME_ALIAS, arn),
+                    (CONNECTION_ID_INDEX_ALIAS, "by-connection")
+                ]
+            )
+            .unwrap(),
+            pair(arn, "by-connection")
+        );
+        // Both names, alike (an ARN and its table's name are alike).
+        assert_eq!(
+            table_options(
+                &["--table-name", "connections", "--connection-id-index", "ix"],
+                &[(TABLE_NAME_ALIAS, arn), (CONNECTION_ID_INDEX_ALIAS, "ix")]
+            )
+            .unwrap(),
+            pair("connections", "ix")
+        );
+        // Both names, different: an error naming both.
+        let err = table_options(&["--table-name", "other"], &[(TABLE_NAME_ALIAS, arn)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("TABLE_NAME") && err.contains(TABLE_NAME_ALIAS) && err.contains("other"),
+            "{err}"
+        );
+        let err = table_options(
+            &["--table-name", "t", "--connection-id-index", "a"],
+            &[(CONNECTION_ID_INDEX_ALIAS, "b")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("DYNAMODB_TABLE_CONNECTIONS_CONNECTION_ID_INDEX")
+                && err.contains(CONNECTION_ID_INDEX_ALIAS),
+            "{err}"
+        );
+        // A blank alias counts as unset.
+        assert_eq!(
+            table_options(&["--table-name", "t"], &[(TABLE_NAME_ALIAS, " ")]).unwrap(),
+            pair("t", "connectionId-index")
+        );
+        // An ARN must be a DynamoDB table's, in AWS_REGION.
+        for bad in [
+            "arn:aws:s3:::bucket",
+            "arn:aws:dynamodb:eu-west-1:123456789012:table/",
+            "arn:aws:dynamodb:eu-west-1:123456789012:table/t/index/x",
+            "arn:aws:dynamodb:eu-west-1::table/t",
+        ] {
+            let err = table_options(&["--table-name", bad], &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("arn:aws:dynamodb:<region>"), "{bad}: {err}");
+        }
+        let err = table_options(&["--region", "us-east-1", "--table-name", arn], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("AWS_REGION is us-east-1"), "{err}");
     }
 
     #[test]

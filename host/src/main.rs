@@ -79,7 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Table(TableCommand::Create) => {
             let options = cli
                 .global
-                .dynamodb_options()
+                .dynamodb_options()?
                 .ok_or_else(|| anyhow::anyhow!("table create needs TABLE_NAME (--table-name)"))?;
             let table = options.table.clone();
             DynamoDbStore::connect(options).await.create_table().await?;
@@ -89,8 +89,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deliver(args) => deliver(&cli.global, &args).await,
         Command::Compile(args) => {
             let options = cli.global.engine_options();
-            let built = if args.portable {
-                engine::build_portable_engine(&options)?
+            let built = if args.portable || args.target.is_some() {
+                engine::build_portable_engine(&options, args.target.as_deref())?
             } else {
                 engine::build_engine(&options)?
             };
@@ -103,7 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn deliver(global: &GlobalArgs, args: &DeliverArgs) -> anyhow::Result<ExitCode> {
     let message = read_input(args.message.as_deref())?;
-    let table = global.dynamodb_options().ok_or_else(|| {
+    let table = global.dynamodb_options()?.ok_or_else(|| {
         anyhow::anyhow!("deliver reads the records from DynamoDB: set TABLE_NAME (--table-name)")
     })?;
     let options = DeliveryOptions {

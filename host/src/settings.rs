@@ -24,7 +24,8 @@ pub enum TokenMode {
     Cognito {
         region: String,
         user_pool_id: String,
-        client_id: String,
+        /// The app clients whose tokens are accepted (at least one).
+        client_ids: Vec<String>,
         jwks_url: String,
     },
 }
@@ -44,11 +45,12 @@ impl TokenMode {
         let region = non_empty(region).ok_or_else(|| {
             anyhow::anyhow!("AWS_REGION (--region) is required when COGNITO_USER_POOL_ID is set")
         })?;
-        let client_id = non_empty(client_id).ok_or_else(|| {
+        let client_ids = non_empty(client_id).ok_or_else(|| {
             anyhow::anyhow!(
                 "COGNITO_CLIENT_ID (--client-id) is required when COGNITO_USER_POOL_ID is set"
             )
         })?;
+        let client_ids = parse_client_ids(client_ids)?;
         validate_user_pool_id(user_pool_id, region)?;
         let jwks_url = non_empty(jwks_url)
             .map(str::to_owned)
@@ -56,25 +58,25 @@ impl TokenMode {
         Ok(TokenMode::Cognito {
             region: region.into(),
             user_pool_id: user_pool_id.into(),
-            client_id: client_id.into(),
+            client_ids,
             jwks_url,
         })
     }
 
     /// The settings the policy verifies this mode's tokens under.
     pub fn policy_settings(&self, leeway_seconds: u32, record_ttl_seconds: u32) -> Settings {
-        let (issuer, audience) = match self {
-            TokenMode::Dev => (DEV_ISSUER.to_owned(), DEV_CLIENT_ID.to_owned()),
+        let (issuer, audiences) = match self {
+            TokenMode::Dev => (DEV_ISSUER.to_owned(), vec![DEV_CLIENT_ID.to_owned()]),
             TokenMode::Cognito {
                 region,
                 user_pool_id,
-                client_id,
+                client_ids,
                 ..
-            } => (cognito_issuer(region, user_pool_id), client_id.clone()),
+            } => (cognito_issuer(region, user_pool_id), client_ids.clone()),
         };
         Settings {
             issuer,
-            audience,
+            audiences,
             leeway_seconds,
             record_ttl_seconds,
         }
@@ -96,6 +98,27 @@ pub fn cognito_jwks_url(region: &str, user_pool_id: &str) -> String {
         "{}/.well-known/jwks.json",
         cognito_issuer(region, user_pool_id)
     )
+}
+
+/// `COGNITO_CLIENT_ID`: one app client id, or several separated by commas
+/// (a web and a mobile client of one pool); blanks around each are trimmed.
+/// An empty element (`a,,b`, a trailing comma) is refused: it is a typo, and
+/// silently dropping it could hide a missing id.
+pub fn parse_client_ids(list: &str) -> anyhow::Result<Vec<String>> {
+    let mut ids: Vec<String> = Vec::new();
+    for (position, id) in list.split(',').map(str::trim).enumerate() {
+        if id.is_empty() {
+            anyhow::bail!(
+                "COGNITO_CLIENT_ID (--client-id) {list:?}: element {} is empty; give app \
+                 client ids separated by single commas, e.g. webclientid,mobileclientid",
+                position + 1
+            );
+        }
+        if !ids.iter().any(|known| known == id) {
+            ids.push(id.to_owned());
+        }
+    }
+    Ok(ids)
 }
 
 /// `<region>_<id>`, the region being the configured one: a pool id from
@@ -146,6 +169,36 @@ pub fn non_empty(value: Option<&str>) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_ids_are_a_comma_separated_list_without_empty_elements() {
+        assert_eq!(parse_client_ids("web").unwrap(), ["web"]);
+        assert_eq!(
+            parse_client_ids(" web , mobile,web").unwrap(),
+            ["web", "mobile"]
+        );
+        for bad in ["a,,b", "a,", ",a", "a, ,b", ","] {
+            let err = parse_client_ids(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("COGNITO_CLIENT_ID") && err.contains("empty"),
+                "{bad}: {err}"
+            );
+        }
+        let mode = TokenMode::new(
+            Some("eu-west-1_abc"),
+            Some("eu-west-1"),
+            Some("web,mobile"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            mode.policy_settings(0, 60).audiences,
+            ["web".to_owned(), "mobile".to_owned()]
+        );
+        let err = TokenMode::new(Some("eu-west-1_abc"), Some("eu-west-1"), Some("web,"), None)
+            .unwrap_err();
+        assert!(err.to_string().contains("element 2 is empty"), "{err}");
+    }
 
     #[test]
     fn user_pool_ids_are_checked_against_the_region() {

@@ -126,6 +126,63 @@ fn verify_token_valid_invalid_and_usage() {
         json!({ "valid": false, "reason": "wrong-audience" })
     );
 
+    // Several app clients (a web and a mobile one): any of them, and only
+    // them; COGNITO_CLIENT_ID takes the same list.
+    for (clients, env_clients, expected) in [
+        (
+            "web-client,cli-client",
+            "",
+            json!({ "valid": true, "sub": "user-1", "groups": ["acme", "globex"] }),
+        ),
+        (
+            " cli-client , web-client",
+            "",
+            json!({ "valid": true, "sub": "user-1", "groups": ["acme", "globex"] }),
+        ),
+        (
+            "",
+            "web-client,cli-client",
+            json!({ "valid": true, "sub": "user-1", "groups": ["acme", "globex"] }),
+        ),
+        (
+            "web-client,mobile-client",
+            "",
+            json!({ "valid": false, "reason": "wrong-audience" }),
+        ),
+        (
+            "cli",
+            "",
+            json!({ "valid": false, "reason": "wrong-audience" }),
+        ),
+    ] {
+        let mut args = verify_args(jwks, clients);
+        if clients.is_empty() {
+            args.retain(|a| !["--client-id", ""].contains(a));
+        }
+        args.push(&token);
+        let output = run_with_env(&args, None, &[("COGNITO_CLIENT_ID", env_clients)]);
+        assert_eq!(
+            stdout_json(&output),
+            expected,
+            "{clients:?} {env_clients:?}"
+        );
+        let code = if expected["valid"] == true { 0 } else { 1 };
+        assert_eq!(output.status.code(), Some(code), "{output:?}");
+    }
+    // An empty element is a usage error naming the variable, not a client
+    // id that matches nothing.
+    for clients in ["web-client,,cli-client", "cli-client,"] {
+        let mut args = verify_args(jwks, clients);
+        args.push(&token);
+        let output = run(&args, None);
+        assert_eq!(output.status.code(), Some(2), "{clients}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("COGNITO_CLIENT_ID") && stderr.contains("is empty"),
+            "{clients}: {stderr}"
+        );
+    }
+
     // A token signed by a key the set does not hold (same kid shape, other key).
     let stranger = DevSigner::generate().unwrap().sign(&cognito_claims(now));
     let mut args = verify_args(jwks, CLIENT);

@@ -67,7 +67,7 @@ fn handler(url: &str, limits: FetchLimits) -> (Handler, Arc<RemoteKeySet>) {
     let keys = Arc::new(RemoteKeySet::new(url, limits).unwrap());
     let settings = Settings {
         issuer: issuer(),
-        audience: CLIENT.into(),
+        audiences: vec![CLIENT.into()],
         leeway_seconds: 0,
         record_ttl_seconds: 7500,
     };

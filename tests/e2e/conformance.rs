@@ -175,7 +175,12 @@ fn store_error_of(failure: &Value) -> (String, StoreError) {
 fn settings_of(value: &Value) -> Settings {
     Settings {
         issuer: str_of(value, "issuer").into(),
-        audience: str_of(value, "audience").into(),
+        audiences: value["audiences"]
+            .as_array()
+            .expect("settings.audiences")
+            .iter()
+            .map(|a| a.as_str().expect("an audience").to_owned())
+            .collect(),
         leeway_seconds: u64_of(value, "leeway-seconds") as u32,
         record_ttl_seconds: u64_of(value, "record-ttl-seconds") as u32,
     }

@@ -24,7 +24,7 @@ fn handler_with_misbehaving_guest(store: Arc<MemoryStore>) -> Handler {
     let keys = Arc::new(StaticKeySet::new(r#"{"keys":[]}"#, "test").unwrap());
     let settings = Settings {
         issuer: "https://issuer.invalid".into(),
-        audience: "aud".into(),
+        audiences: vec!["aud".into()],
         leeway_seconds: 0,
         record_ttl_seconds: 60,
     };
@@ -92,7 +92,7 @@ async fn concurrent_requests_beyond_the_pool_wait_instead_of_failing() {
     let keys = Arc::new(StaticKeySet::new(r#"{"keys":[]}"#, "test").unwrap());
     let settings = Settings {
         issuer: "i".into(),
-        audience: "a".into(),
+        audiences: vec!["a".into()],
         leeway_seconds: 0,
         record_ttl_seconds: 60,
     };

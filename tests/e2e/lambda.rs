@@ -32,7 +32,7 @@ fn fixture(name: &str) -> Value {
 }
 
 /// The CONNECT fixture with this token (or no query string at all).
-fn connect_event(token: Option<&str>, connection_id: &str) -> Value {
+pub(crate) fn connect_event(token: Option<&str>, connection_id: &str) -> Value {
     let mut event = fixture("connect.json");
     event["requestContext"]["connectionId"] = json!(connection_id);
     event["queryStringParameters"] = match token {
@@ -53,7 +53,7 @@ fn bearer_connect_event(token: &str, query_token: &str, connection_id: &str) -> 
     event
 }
 
-fn disconnect_event(connection_id: &str) -> Value {
+pub(crate) fn disconnect_event(connection_id: &str) -> Value {
     let mut event = fixture("disconnect.json");
     event["requestContext"]["connectionId"] = json!(connection_id);
     event
@@ -67,11 +67,21 @@ fn message_event() -> Value {
 }
 
 fn cognito_token(signer: &DevSigner) -> String {
+    cognito_token_for(signer, REGION, POOL, CLIENT)
+}
+
+/// A Cognito-shaped id token of that pool and client, groups acme and globex.
+pub(crate) fn cognito_token_for(
+    signer: &DevSigner,
+    region: &str,
+    pool: &str,
+    client: &str,
+) -> String {
     let now = unix_now();
     signer.sign(&json!({
         "sub": "lambda-user",
-        "iss": format!("https://cognito-idp.{REGION}.amazonaws.com/{POOL}"),
-        "aud": CLIENT,
+        "iss": format!("https://cognito-idp.{region}.amazonaws.com/{pool}"),
+        "aud": client,
         "token_use": "id",
         "iat": now,
         "exp": now + 600,
@@ -94,7 +104,7 @@ async fn real_events_through_the_handler_function() {
     let keys = Arc::new(StaticKeySet::new(signer.jwks().to_owned(), "test").unwrap());
     let settings = Settings {
         issuer: format!("https://cognito-idp.{REGION}.amazonaws.com/{POOL}"),
-        audience: CLIENT.into(),
+        audiences: vec![CLIENT.into()],
         leeway_seconds: 0,
         record_ttl_seconds: 7500,
     };
@@ -172,11 +182,13 @@ async fn real_events_through_the_handler_function() {
     }
 }
 
-/// Unpacks the Lambda zip that `scripts/test` builds, keeping file modes
-/// (a `bootstrap` without its executable bit would not start on Lambda).
-fn unpack_lambda_zip(into: &Path) -> PathBuf {
-    let zip_path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/lambda/gitgazer-ws.zip");
+/// Unpacks a Lambda zip that `scripts/test` builds (`gitgazer-ws-x86_64.zip`,
+/// `gitgazer-ws-arm64.zip`), keeping file modes (a `bootstrap` without its
+/// executable bit would not start on Lambda).
+fn unpack_lambda_zip(zip_name: &str, into: &Path) -> PathBuf {
+    let zip_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/lambda")
+        .join(zip_name);
     assert!(
         zip_path.exists(),
         "{} is missing: run scripts/package-lambda (./scripts/test does)",
@@ -204,8 +216,17 @@ fn unpack_lambda_zip(into: &Path) -> PathBuf {
     bootstrap
 }
 
+const X86_64_ZIP: &str = "gitgazer-ws-x86_64.zip";
+const ARM64_ZIP: &str = "gitgazer-ws-arm64.zip";
+
 fn start_bootstrap(bootstrap: &Path, runtime_api: &str, env: &[(&str, &str)]) -> Child {
-    Command::new(bootstrap)
+    start_bootstrap_with(Command::new(bootstrap), runtime_api, env)
+}
+
+/// Starts `command` (the bootstrap, or an emulator running it) as Lambda
+/// would: a clean environment with the Runtime API's variables.
+fn start_bootstrap_with(mut command: Command, runtime_api: &str, env: &[(&str, &str)]) -> Child {
+    command
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
@@ -223,7 +244,7 @@ fn start_bootstrap(bootstrap: &Path, runtime_api: &str, env: &[(&str, &str)]) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_packaged_bootstrap_serves_events_and_survives_a_malformed_one() {
     let dir = test_cache_dir().join(format!("lambda-{}", std::process::id()));
-    let bootstrap = unpack_lambda_zip(&dir);
+    let bootstrap = unpack_lambda_zip(X86_64_ZIP, &dir);
     let signer = DevSigner::generate().unwrap();
     let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
     let emulator = RuntimeApiEmulator::start().await;
@@ -382,10 +403,10 @@ fn assert_emf_per_invocation(stdout: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_configuration_fails_the_init_naming_the_variable() {
     let dir = test_cache_dir().join(format!("lambda-init-{}", std::process::id()));
-    let bootstrap = unpack_lambda_zip(&dir);
+    let bootstrap = unpack_lambda_zip(X86_64_ZIP, &dir);
     // A mistyped or missing variable must not start a function that refuses
     // every user (dev mode) or loses records (memory): each is an init error.
-    let cases: [(&[(&str, &str)], &str); 3] = [
+    let cases: [(&[(&str, &str)], &str); 4] = [
         (
             &[
                 ("AWS_REGION", REGION),
@@ -410,6 +431,20 @@ async fn a_bad_configuration_fails_the_init_naming_the_variable() {
             ],
             "TABLE_NAME is not set",
         ),
+        // GitGazer's name for the table, naming another one than ours.
+        (
+            &[
+                ("AWS_REGION", REGION),
+                ("COGNITO_USER_POOL_ID", POOL),
+                ("COGNITO_CLIENT_ID", CLIENT),
+                ("TABLE_NAME", "connections"),
+                (
+                    "DYNAMO_DB_CONNECTIONS_TABLE_ARN",
+                    "arn:aws:dynamodb:eu-west-1:123456789012:table/other",
+                ),
+            ],
+            "TABLE_NAME (--table-name) is \"connections\" but its alias DYNAMO_DB_CONNECTIONS_TABLE_ARN",
+        ),
     ];
     for (env, names) in cases {
         let emulator = RuntimeApiEmulator::start().await;
@@ -423,4 +458,92 @@ async fn a_bad_configuration_fails_the_init_naming_the_variable() {
         let output = child.wait_with_output().unwrap();
         assert!(!output.status.success(), "{names}");
     }
+}
+
+/// The emulator and the aarch64 C library it loads the bootstrap with
+/// (Debian's qemu-user and libc6-arm64-cross: scripts/install-cross).
+const QEMU_AARCH64: &str = "qemu-aarch64";
+const AARCH64_SYSROOT: &str = "/usr/aarch64-linux-gnu";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_arm64_package_serves_events_under_emulation_from_its_precompiled_component() {
+    let dir = test_cache_dir().join(format!("lambda-arm64-{}", std::process::id()));
+    let bootstrap = unpack_lambda_zip(ARM64_ZIP, &dir);
+    // An aarch64 ELF: 64-bit, little-endian, e_machine EM_AARCH64 (183).
+    let header = std::fs::read(&bootstrap).unwrap();
+    assert_eq!(&header[..4], b"\x7fELF", "bootstrap is not an ELF file");
+    assert_eq!(
+        (header[4], header[5]),
+        (2, 1),
+        "not a 64-bit little-endian ELF"
+    );
+    assert_eq!(
+        u16::from_le_bytes([header[18], header[19]]),
+        183,
+        "bootstrap is not an aarch64 executable"
+    );
+    let qemu = Command::new(QEMU_AARCH64).arg("--version").output();
+    assert!(
+        qemu.as_ref().is_ok_and(|o| o.status.success()),
+        "{QEMU_AARCH64} is missing: the arm64 package runs under it; run scripts/install-cross"
+    );
+    assert!(
+        Path::new(AARCH64_SYSROOT)
+            .join("lib/ld-linux-aarch64.so.1")
+            .exists(),
+        "{AARCH64_SYSROOT} has no aarch64 glibc: run scripts/install-cross"
+    );
+
+    let signer = DevSigner::generate().unwrap();
+    let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
+    let emulator = RuntimeApiEmulator::start().await;
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("lambda-arm64");
+    create_table(&endpoint, &table);
+    let mut env = dynamodb_env(&endpoint, &table);
+    env.extend(
+        [
+            ("AWS_REGION", REGION),
+            ("COGNITO_USER_POOL_ID", POOL),
+            ("COGNITO_CLIENT_ID", CLIENT),
+            ("COGNITO_JWKS_URL", &jwks.url),
+            ("QEMU_LD_PREFIX", AARCH64_SYSROOT),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut command = Command::new(QEMU_AARCH64);
+    command.arg(&bootstrap);
+    let started = std::time::Instant::now();
+    let mut child = start_bootstrap_with(command, &emulator.address, &env);
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let log_reader = std::thread::spawn(move || {
+        let mut logs = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut logs);
+        logs
+    });
+
+    let token = cognito_token(&signer);
+    let connected = emulator.invoke(connect_event(Some(&token), "arm-1=")).await;
+    let cold_start = started.elapsed();
+    assert_eq!(connected, Outcome::Response(proxy(200, "Connected.")));
+    assert_eq!(
+        emulator.invoke(disconnect_event("arm-1=")).await,
+        Outcome::Response(proxy(200, "Disconnected. Removed 2 records."))
+    );
+    assert!(child.try_wait().unwrap().is_none(), "bootstrap exited");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let logs = log_reader.join().unwrap();
+    // The packaged component, precompiled for aarch64 on x86_64, fits: no
+    // fallback to compiling (under emulation that would take seconds).
+    assert!(logs.contains("precompiled component loaded"), "{logs}");
+    assert!(!logs.contains("does not fit"), "{logs}");
+    assert!(!logs.contains("compiled the guest component"), "{logs}");
+    // A figure of its own (user-mode emulation of every instruction): not
+    // comparable to a native or a Graviton cold start.
+    println!(
+        "arm64 bootstrap under {QEMU_AARCH64}: process start to first CONNECT answered in {} ms (emulated)",
+        cold_start.as_millis()
+    );
 }

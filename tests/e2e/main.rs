@@ -28,4 +28,5 @@ mod shutdown;
 mod store_faults;
 mod support;
 mod surface;
+mod template;
 mod websocket;

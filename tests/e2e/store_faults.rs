@@ -59,7 +59,7 @@ impl KeySetSource for UnavailableKeys {
 fn settings() -> Settings {
     Settings {
         issuer: DEV_ISSUER.into(),
-        audience: DEV_CLIENT_ID.into(),
+        audiences: vec![DEV_CLIENT_ID.into()],
         leeway_seconds: 0,
         record_ttl_seconds: 7500,
     }

@@ -5,7 +5,11 @@
 //! after `scripts/package-lambda`, with dynalite running:
 //!
 //!     scripts/dynalite start && eval "$(scripts/dynalite env)"
-//!     cargo run --release -p gitgazer-ws-tests --example lambda_cold_start [-- RUNS]
+//!     cargo run --release -p gitgazer-ws-tests --example lambda_cold_start [-- RUNS [arm64]]
+//!
+//! `arm64` runs the arm64 package's bootstrap under qemu-aarch64 (user-mode
+//! emulation, scripts/install-cross): a figure of its own, not comparable to
+//! a native or a Graviton cold start. Its peak RSS is the emulator's.
 
 mod common;
 
@@ -25,9 +29,21 @@ async fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(20);
-    let bootstrap =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/lambda/package/bootstrap");
-    assert!(bootstrap.exists(), "run scripts/package-lambda first");
+    let arch = std::env::args().nth(2).unwrap_or_else(|| "x86_64".into());
+    let bootstrap = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../target/lambda/package-{arch}/bootstrap"));
+    assert!(
+        bootstrap.exists(),
+        "run scripts/package-lambda first ({arch})"
+    );
+    let command = || match arch.as_str() {
+        "arm64" => {
+            let mut command = Command::new("qemu-aarch64");
+            command.arg(&bootstrap);
+            command
+        }
+        _ => Command::new(&bootstrap),
+    };
 
     let signer = DevSigner::generate().unwrap();
     let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
@@ -42,8 +58,9 @@ async fn main() {
     for _ in 0..runs {
         let emulator = RuntimeApiEmulator::start().await;
         let started = Instant::now();
-        let mut child = Command::new(&bootstrap)
+        let mut child = command()
             .env_clear()
+            .env("QEMU_LD_PREFIX", "/usr/aarch64-linux-gnu")
             .env("AWS_LAMBDA_RUNTIME_API", &emulator.address)
             .env("AWS_LAMBDA_FUNCTION_NAME", "gitgazer-ws")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
@@ -71,7 +88,12 @@ async fn main() {
     peak_rss_kib.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "cold start to first CONNECT answered, {runs} runs: min {:.1} ms, median {:.1} ms, max {:.1} ms; peak RSS median {} KiB",
+        "{arch}{}: cold start to first CONNECT answered, {runs} runs: min {:.1} ms, median {:.1} ms, max {:.1} ms; peak RSS median {} KiB",
+        if arch == "arm64" {
+            " under qemu-aarch64 (emulated)"
+        } else {
+            ""
+        },
         ms(times[0]),
         ms(times[times.len() / 2]),
         ms(times[times.len() - 1]),

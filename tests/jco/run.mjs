@@ -62,7 +62,7 @@ const cases = document.cases;
 
 const settingsOf = (s) => ({
   issuer: s.issuer,
-  audience: s.audience,
+  audiences: s.audiences,
   leewaySeconds: s['leeway-seconds'],
   recordTtlSeconds: s['record-ttl-seconds'],
 });

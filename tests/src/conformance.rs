@@ -25,6 +25,8 @@ const NOW: u64 = 1_800_000_000;
 const NOW_RFC3339: &str = "2027-01-15T08:00:00Z";
 const ISSUER: &str = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Conform";
 const AUDIENCE: &str = "conformance-client";
+/// A second app client of the same pool (a mobile app beside the web one).
+const SECOND_AUDIENCE: &str = "conformance-mobile-client";
 const LEEWAY: u32 = 60;
 const RECORD_TTL: u32 = 7200;
 
@@ -53,7 +55,7 @@ pub fn cases_path() -> PathBuf {
 fn settings_json() -> Value {
     json!({
         "issuer": ISSUER,
-        "audience": AUDIENCE,
+        "audiences": [AUDIENCE, SECOND_AUDIENCE],
         "leeway-seconds": LEEWAY,
         "record-ttl-seconds": RECORD_TTL,
     })
@@ -319,6 +321,21 @@ fn build_cases() -> Vec<Value> {
     c.store_after = Some(vec![record("acme", "c1", "alice")]);
     b.push(c);
 
+    let second_client = signer.sign(&with(
+        claims("alice", Some(json!(["acme"]))),
+        "aud",
+        json!(SECOND_AUDIENCE),
+    ));
+    let mut c = b.case(
+        "connect-second-audience",
+        "aud is the second of the accepted app clients",
+        connect("c1", Some(&second_client)),
+        response(200, CONNECTED),
+    );
+    c.key_set_requests = vec![false];
+    c.store_after = Some(vec![record("acme", "c1", "alice")]);
+    b.push(c);
+
     let within_leeway = signer.sign(&with(
         claims("alice", Some(json!(["acme"]))),
         "exp",
@@ -410,11 +427,20 @@ fn build_cases() -> Vec<Value> {
         ),
         (
             "connect-wrong-audience",
-            "aud of another app client",
+            "aud of an app client that is none of the accepted ones",
             with(
                 claims("alice", Some(json!(["acme"]))),
                 "aud",
                 json!("another-client"),
+            ),
+        ),
+        (
+            "connect-audiences-joined",
+            "aud is the accepted clients joined by a comma: none of them",
+            with(
+                claims("alice", Some(json!(["acme"]))),
+                "aud",
+                json!(format!("{AUDIENCE},{SECOND_AUDIENCE}")),
             ),
         ),
         (

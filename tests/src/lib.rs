@@ -84,6 +84,8 @@ impl Server {
             "COGNITO_CLIENT_ID",
             "COGNITO_JWKS_URL",
             "TABLE_NAME",
+            "DYNAMO_DB_CONNECTIONS_TABLE_ARN",
+            "DYNAMO_DB_TABLE_CONNECTIONS_CONNECTION_ID_INDEX",
             "PORT",
             "RUST_LOG",
         ] {

@@ -28,7 +28,7 @@ pub const KID_B: &str = "key-b";
 pub fn settings() -> Settings {
     Settings {
         issuer: ISSUER.into(),
-        audience: AUDIENCE.into(),
+        audiences: vec![AUDIENCE.into()],
         leeway_seconds: LEEWAY,
         record_ttl_seconds: TTL,
     }

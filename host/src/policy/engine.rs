@@ -155,14 +155,22 @@ fn base_config(options: &EngineOptions) -> Config {
     config
 }
 
-/// An engine that compiles for any CPU of this machine's architecture: no
-/// CPU feature of the build machine is assumed, so the artifact loads on
-/// whatever CPU the deployment runs (it may be a little slower).
-pub fn build_portable_engine(options: &EngineOptions) -> anyhow::Result<Engine> {
+/// An engine that compiles for any CPU of this machine's architecture, or of
+/// `target` (`aarch64-unknown-linux-gnu` on x86_64, say: this build carries
+/// both Lambda architectures' code generators): no CPU feature of the build
+/// machine is assumed, so the artifact loads on whatever CPU the deployment
+/// runs (it may be a little slower).
+pub fn build_portable_engine(
+    options: &EngineOptions,
+    target: Option<&str>,
+) -> anyhow::Result<Engine> {
     if std::env::consts::OS != "linux" {
         anyhow::bail!("portable precompiling is supported on Linux only");
     }
-    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let triple = match target {
+        Some(triple) => triple.to_owned(),
+        None => format!("{}-unknown-linux-gnu", std::env::consts::ARCH),
+    };
     let mut config = base_config(options);
     config
         .target(&triple)
