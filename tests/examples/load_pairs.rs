@@ -72,6 +72,12 @@ async fn main() {
             })
         })
         .collect();
+    // The server's CPU over the measured window: less sensitive to a busy
+    // machine than pairs/s (the neighbours take wall time, not our CPU).
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_from = server.cpu_seconds();
+    tokio::time::sleep_until(measure_until.into()).await;
+    let cpu_used = server.cpu_seconds() - cpu_from;
     let mut all = Samples::default();
     for task in tasks {
         let samples = task.await.unwrap();
@@ -83,9 +89,11 @@ async fn main() {
         .saturating_duration_since(measure_from)
         .as_secs_f64();
     println!(
-        "{clients} clients, {seconds} s: {} pairs, {:.0} pairs/s; server peak RSS {:.1} MiB",
+        "{clients} clients, {seconds} s: {} pairs, {:.0} pairs/s; server CPU {:.0} µs per pair; \
+         server peak RSS {:.1} MiB",
         all.pair.len(),
         all.pair.len() as f64 / elapsed,
+        cpu_used * 1e6 / all.pair.len().max(1) as f64,
         server.peak_rss_kib() as f64 / 1024.0
     );
     for (name, samples) in [

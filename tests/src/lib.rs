@@ -154,6 +154,22 @@ impl Server {
         self.child.id()
     }
 
+    /// CPU time the process has used so far (user + system), from
+    /// `/proc/<pid>/stat` (clock ticks of 10 ms).
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("reading /proc/<pid>/stat");
+        // Fields after the command name (which may hold spaces), from 3 on.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .expect("a stat line")
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+
     /// The process's peak resident set size so far (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))

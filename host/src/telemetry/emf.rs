@@ -87,6 +87,7 @@ impl EmfRecorder {
         let recorder = Arc::new(Self::new(options));
         metrics::set_global_recorder(Shared(recorder.clone()))
             .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
+        super::recorder_installed();
         Ok(recorder)
     }
 

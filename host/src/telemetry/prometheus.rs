@@ -20,6 +20,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)?
         .install_recorder()?;
+    super::recorder_installed();
     super::describe();
     super::initialize();
     let upkeep = handle.clone();
