@@ -241,15 +241,11 @@ fn start_bootstrap_with(mut command: Command, runtime_api: &str, env: &[(&str, &
         .expect("starting bootstrap")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_packaged_bootstrap_serves_events_and_survives_a_malformed_one() {
-    let dir = test_cache_dir().join(format!("lambda-{}", std::process::id()));
-    let bootstrap = unpack_lambda_zip(X86_64_ZIP, &dir);
-    let signer = DevSigner::generate().unwrap();
-    let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
-    let emulator = RuntimeApiEmulator::start().await;
+/// A Cognito-mode function's environment: the test pool, `jwks`, and a
+/// fresh table on dynalite.
+fn cognito_env(jwks: &JwksServer, table_prefix: &str) -> Vec<(String, String)> {
     let endpoint = dynalite_endpoint();
-    let table = unique_table("lambda");
+    let table = unique_table(table_prefix);
     create_table(&endpoint, &table);
     let mut env = dynamodb_env(&endpoint, &table);
     env.extend(
@@ -261,6 +257,17 @@ async fn the_packaged_bootstrap_serves_events_and_survives_a_malformed_one() {
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned())),
     );
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_packaged_bootstrap_serves_events_and_survives_a_malformed_one() {
+    let dir = test_cache_dir().join(format!("lambda-{}", std::process::id()));
+    let bootstrap = unpack_lambda_zip(X86_64_ZIP, &dir);
+    let signer = DevSigner::generate().unwrap();
+    let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
+    let emulator = RuntimeApiEmulator::start().await;
+    let env = cognito_env(&jwks, "lambda");
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut child = start_bootstrap(&bootstrap, &emulator.address, &env);
     // Read the log as it comes: at debug level the AWS SDK alone fills a
@@ -497,20 +504,8 @@ async fn the_arm64_package_serves_events_under_emulation_from_its_precompiled_co
     let signer = DevSigner::generate().unwrap();
     let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
     let emulator = RuntimeApiEmulator::start().await;
-    let endpoint = dynalite_endpoint();
-    let table = unique_table("lambda-arm64");
-    create_table(&endpoint, &table);
-    let mut env = dynamodb_env(&endpoint, &table);
-    env.extend(
-        [
-            ("AWS_REGION", REGION),
-            ("COGNITO_USER_POOL_ID", POOL),
-            ("COGNITO_CLIENT_ID", CLIENT),
-            ("COGNITO_JWKS_URL", &jwks.url),
-            ("QEMU_LD_PREFIX", AARCH64_SYSROOT),
-        ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned())),
-    );
+    let mut env = cognito_env(&jwks, "lambda-arm64");
+    env.push(("QEMU_LD_PREFIX".to_owned(), AARCH64_SYSROOT.to_owned()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut command = Command::new(QEMU_AARCH64);
     command.arg(&bootstrap);
