@@ -7,6 +7,10 @@
 //!   key set and clock; an accepted signature is re-checked with independent
 //!   big-integer arithmetic (`num-bigint`).
 //! - [`jwks`]: the key-set parser and key policy.
+//!
+//! The token target's host serves another key set on a refresh (the fixed
+//! one plus a rotated kid of the same key), so the refresh path is fuzzed
+//! too.
 //! - [`event`]: the API Gateway event decoder and router.
 //! - [`rs256`]: the hand-written RS256 primitive against the `rsa` crate.
 //!
@@ -39,6 +43,9 @@ pub const AUDIENCE: &str = "fuzz-client-id";
 pub const KID: &str = "rfc7515-a2";
 /// The same modulus with exponent 3: listed so lookups reach the key policy.
 pub const KID_WEAK_EXPONENT: &str = "rfc7515-a2-e3";
+/// The fixed key under another kid, only in the set served on a refresh:
+/// a token naming it is valid after one refresh.
+pub const KID_ROTATED: &str = "rfc7515-a2-rotated";
 pub const MODULUS_B64: &str = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ";
 /// Longer than any log line the policy writes without input in it.
 const MAX_FIXED_LOG_TEXT: usize = 80;
@@ -64,30 +71,54 @@ pub fn key_set() -> String {
     .to_string()
 }
 
-/// The host, as the policy sees it: a fixed key-set document and an
-/// in-memory store, recording what the policy did.
+/// The key set a refresh gets: [`key_set`] plus [`KID_ROTATED`], as after
+/// a key rotation.
+pub fn refreshed_key_set() -> String {
+    serde_json::json!({ "keys": [
+        { "kty": "RSA", "kid": KID, "use": "sig", "alg": "RS256", "n": MODULUS_B64, "e": "AQAB" },
+        { "kty": "RSA", "kid": KID_WEAK_EXPONENT, "use": "sig", "alg": "RS256", "n": MODULUS_B64, "e": "Aw" },
+        { "kty": "RSA", "kid": KID_ROTATED, "use": "sig", "alg": "RS256", "n": MODULUS_B64, "e": "AQAB" },
+    ]})
+    .to_string()
+}
+
+/// The host, as the policy sees it: a fixed key-set document (another one
+/// on a refresh) and an in-memory store, recording what the policy did.
 pub struct FixedHost {
     key_set: String,
-    pub key_set_calls: usize,
+    refreshed_key_set: String,
+    /// The refresh flag of each key-set request, in order.
+    pub key_set_requests: Vec<bool>,
     pub stored: Vec<ConnectionRecord>,
     pub logs: Vec<String>,
 }
 
 impl FixedHost {
-    pub fn new(key_set: String) -> Self {
+    pub fn new(key_set: String, refreshed_key_set: String) -> Self {
         FixedHost {
             key_set,
-            key_set_calls: 0,
+            refreshed_key_set,
+            key_set_requests: Vec::new(),
             stored: Vec::new(),
             logs: Vec::new(),
         }
     }
+
+    /// The token target's host: [`key_set`], [`refreshed_key_set`] on a
+    /// refresh.
+    pub fn fixed() -> Self {
+        Self::new(key_set(), refreshed_key_set())
+    }
 }
 
 impl Capabilities for FixedHost {
-    fn key_set(&mut self, _refresh: bool) -> Result<String, String> {
-        self.key_set_calls += 1;
-        Ok(self.key_set.clone())
+    fn key_set(&mut self, refresh: bool) -> Result<String, String> {
+        self.key_set_requests.push(refresh);
+        Ok(if refresh {
+            self.refreshed_key_set.clone()
+        } else {
+            self.key_set.clone()
+        })
     }
     fn put_all(&mut self, records: &[ConnectionRecord]) -> Result<(), StoreError> {
         self.stored.extend_from_slice(records);
@@ -110,22 +141,26 @@ pub struct TokenOutcome {
     pub verdict: Result<Identity, Rejection>,
     pub status: u16,
     pub stored: usize,
+    /// The refresh flag of each key-set request of the verification.
+    pub key_set_requests: Vec<bool>,
 }
 
 /// Verifies `data` as an id token, then runs the CONNECT decision on it.
 /// Properties: the decision agrees with the verdict (200 and one record per
 /// group iff the token is valid and has groups, else 401 and nothing stored);
-/// the key set is asked for at most twice; an accepted signature passes an
+/// the key set is asked for at most twice, a refresh only second (after a
+/// lookup that found no such kid), and the CONNECT asks exactly as the
+/// verification did; an accepted signature passes an
 /// independent textbook RSA check; the token never
 /// reaches a log line. `None` when `data` is not UTF-8 (the WIT passes strings).
 pub fn token(data: &[u8]) -> Option<TokenOutcome> {
     let text = std::str::from_utf8(data).ok()?;
-    let mut host = FixedHost::new(key_set());
+    let mut host = FixedHost::fixed();
     let verdict = verify_token(text, NOW, &settings(), &mut host);
+    let key_set_requests = host.key_set_requests;
     assert!(
-        host.key_set_calls <= 2,
-        "key set asked {} times",
-        host.key_set_calls
+        matches!(key_set_requests[..], [] | [false] | [false, true]),
+        "key set requests (refresh flags) {key_set_requests:?}"
     );
     assert_ne!(
         verdict,
@@ -139,8 +174,12 @@ pub fn token(data: &[u8]) -> Option<TokenOutcome> {
         now: NOW,
         settings: settings(),
     };
-    let mut host = FixedHost::new(key_set());
+    let mut host = FixedHost::fixed();
     let response = handle_connect(&request, &mut host);
+    assert_eq!(
+        host.key_set_requests, key_set_requests,
+        "the CONNECT fetched keys otherwise than the verification"
+    );
     match &verdict {
         Ok(identity) if !identity.groups.is_empty() => {
             assert_eq!(
@@ -189,6 +228,7 @@ pub fn token(data: &[u8]) -> Option<TokenOutcome> {
         status: response.status,
         stored: host.stored.len(),
         verdict,
+        key_set_requests,
     })
 }
 
@@ -245,21 +285,37 @@ pub struct JwksOutcome {
 }
 
 /// Parses `data` as a key set and looks up every kid it names (and the fixed
-/// one). Properties: a usable key meets the policy (2048–8192-bit odd
-/// modulus without leading zero octets, exponent 65537); a kid listed twice
-/// is never usable.
+/// one). Properties: a kid that more than one entry of the raw document
+/// names is never usable; a usable key's entry repeats no member, is
+/// `kty` RSA, has `use` sig, `alg` RS256 and `key_ops` (distinct strings
+/// with verify) or lacks them, and its `n` and `e` are the key's; the key
+/// meets the policy (2048–8192-bit odd modulus without leading zero octets,
+/// exponent 65537).
 pub fn jwks(data: &[u8]) -> Option<JwksOutcome> {
     let text = std::str::from_utf8(data).ok()?;
     let Some(set) = jwks::parse_key_set(text) else {
         return Some(JwksOutcome::default());
     };
-    let mut kids: Vec<String> = serde_json::from_str::<Value>(text)
-        .ok()
-        .and_then(|v| v.get("keys")?.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|entry| Some(entry.get("kid")?.as_str()?.to_owned()))
-        .collect();
+    // The raw entries, every member kept in order (a parser that keeps one
+    // of two equal names would hide a duplicate).
+    let raw: Raw = serde_json::from_str(text).expect("the policy parsed it, so it is JSON");
+    let entries: Vec<&[(String, Raw)]> = match raw.member("keys") {
+        Some(Raw::Array(entries)) => entries
+            .iter()
+            .filter_map(|entry| match entry {
+                Raw::Object(members) => Some(members.as_slice()),
+                _ => None,
+            })
+            .collect(),
+        other => panic!("the policy parsed a key set whose keys are {other:?}"),
+    };
+    // An entry is named by its kid as the policy reads one: the first
+    // `kid` member, when it is a string.
+    let kid_of = |entry: &[(String, Raw)]| match entry.iter().find(|(name, _)| name == "kid") {
+        Some((_, Raw::String(kid))) => Some(kid.clone()),
+        _ => None,
+    };
+    let mut kids: Vec<String> = entries.iter().filter_map(|e| kid_of(e)).collect();
     kids.push(KID.to_owned());
     kids.sort();
     kids.dedup();
@@ -268,19 +324,152 @@ pub fn jwks(data: &[u8]) -> Option<JwksOutcome> {
         usable_kids: Vec::new(),
     };
     for kid in kids {
-        if let KeyLookup::Usable(key) = set.lookup(&kid) {
-            assert_ne!(key.n.first(), Some(&0), "modulus with a leading zero octet");
-            let bits = key.n.len() * 8 - key.n[0].leading_zeros() as usize;
-            assert!(
-                (MIN_MODULUS_BITS..=MAX_MODULUS_BITS).contains(&bits),
-                "{bits}-bit modulus"
-            );
-            assert_eq!(key.n.last().map(|b| b & 1), Some(1), "even modulus");
-            assert_eq!(key.e, PUBLIC_EXPONENT);
-            outcome.usable_kids.push(kid);
-        }
+        let named: Vec<&[(String, Raw)]> = entries
+            .iter()
+            .copied()
+            .filter(|entry| kid_of(entry).as_deref() == Some(kid.as_str()))
+            .collect();
+        let KeyLookup::Usable(key) = set.lookup(&kid) else {
+            continue;
+        };
+        let [entry] = named[..] else {
+            panic!("kid {kid:?} is named by {} entries and usable", named.len());
+        };
+        assert_key_policy(entry, &key);
+        outcome.usable_kids.push(kid);
     }
     Some(outcome)
+}
+
+/// The key policy on a usable key and the raw entry it came from.
+fn assert_key_policy(entry: &[(String, Raw)], key: &jwks::RsaPublicKey) {
+    let mut names: Vec<&str> = entry.iter().map(|(name, _)| name.as_str()).collect();
+    names.sort_unstable();
+    let count = names.len();
+    names.dedup();
+    assert_eq!(names.len(), count, "a usable key's entry repeats a member");
+    let member = |name: &str| entry.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+    let string = |name: &str| match member(name) {
+        None => None,
+        Some(Raw::String(value)) => Some(value.as_str()),
+        Some(other) => panic!("usable key with {name} {other:?}"),
+    };
+    assert_eq!(string("kty"), Some("RSA"), "usable key of another kty");
+    assert!(
+        matches!(string("use"), None | Some("sig")),
+        "usable key with use {:?}",
+        string("use")
+    );
+    assert!(
+        matches!(string("alg"), None | Some("RS256")),
+        "usable key with alg {:?}",
+        string("alg")
+    );
+    if let Some(ops) = member("key_ops") {
+        let Raw::Array(ops) = ops else {
+            panic!("usable key with key_ops {ops:?}");
+        };
+        let mut names: Vec<&str> = ops
+            .iter()
+            .map(|op| match op {
+                Raw::String(op) => op.as_str(),
+                other => panic!("usable key with a key_ops entry {other:?}"),
+            })
+            .collect();
+        assert!(
+            names.contains(&"verify"),
+            "usable key without verify in key_ops"
+        );
+        names.sort_unstable();
+        let count = names.len();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            count,
+            "usable key with a repeated key_ops entry"
+        );
+    }
+    let decoded = |name: &str| {
+        URL_SAFE_NO_PAD
+            .decode(string(name).unwrap_or_else(|| panic!("usable key without {name}")))
+            .unwrap_or_else(|e| panic!("usable key whose {name} is not base64url: {e}"))
+    };
+    assert_eq!(decoded("n"), key.n, "the key's modulus is not the entry's");
+    assert_eq!(decoded("e"), key.e, "the key's exponent is not the entry's");
+
+    assert_ne!(key.n.first(), Some(&0), "modulus with a leading zero octet");
+    let bits = key.n.len() * 8 - key.n[0].leading_zeros() as usize;
+    assert!(
+        (MIN_MODULUS_BITS..=MAX_MODULUS_BITS).contains(&bits),
+        "{bits}-bit modulus"
+    );
+    assert_eq!(key.n.last().map(|b| b & 1), Some(1), "even modulus");
+    assert_eq!(key.e, PUBLIC_EXPONENT);
+}
+
+/// JSON with every object member kept, in order, repeated names included.
+#[derive(Debug)]
+enum Raw {
+    Object(Vec<(String, Raw)>),
+    Array(Vec<Raw>),
+    String(String),
+    /// A number, boolean or null.
+    Scalar,
+}
+
+impl Raw {
+    /// The first member called `name` of an object.
+    fn member(&self, name: &str) -> Option<&Raw> {
+        match self {
+            Raw::Object(members) => members.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Raw {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Raw;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Raw, E> {
+                Ok(Raw::Scalar)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Raw, E> {
+                Ok(Raw::Scalar)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Raw, E> {
+                Ok(Raw::Scalar)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Raw, E> {
+                Ok(Raw::Scalar)
+            }
+            fn visit_unit<E>(self) -> Result<Raw, E> {
+                Ok(Raw::Scalar)
+            }
+            fn visit_str<E>(self, value: &str) -> Result<Raw, E> {
+                Ok(Raw::String(value.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Raw, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Raw::Array(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Raw, A::Error> {
+                let mut members = Vec::new();
+                while let Some((name, value)) = map.next_entry::<String, Raw>()? {
+                    members.push((name, value));
+                }
+                Ok(Raw::Object(members))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// What the event target saw.

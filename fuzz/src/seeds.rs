@@ -11,7 +11,7 @@ use rsa::{BoxedUint, PrivateKey};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::{AUDIENCE, CONNECTION_ID, ISSUER, KID, KID_WEAK_EXPONENT, NOW, key_set};
+use crate::{AUDIENCE, CONNECTION_ID, ISSUER, KID, KID_ROTATED, KID_WEAK_EXPONENT, NOW, key_set};
 
 /// The fuzz targets, by name (as in `targets/fuzz_targets/`).
 pub const TARGETS: [&str; 4] = ["token", "jwks", "event", "rs256"];
@@ -199,6 +199,11 @@ pub fn signed_tokens() -> Vec<(&'static str, String)> {
         (
             "unknown-kid",
             json!({ "alg": "RS256", "kid": "other" }),
+            claims.clone(),
+        ),
+        (
+            "rotated-kid",
+            json!({ "alg": "RS256", "kid": KID_ROTATED }),
             claims.clone(),
         ),
     ]

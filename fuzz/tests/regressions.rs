@@ -1,53 +1,79 @@
 //! The fuzz harnesses on known inputs, on stable: every seed and every input
 //! kept under `fuzz/regressions/<target>/` (what the fuzzer found, plus
-//! hand-picked edge cases) must pass the harness's properties, and the seeds
-//! must reach the outcomes the targets exist to explore.
+//! hand-picked edge cases) must pass the harness's properties and reach the
+//! outcome `fuzz/regressions/expected.json` pins for it, and the seeds must
+//! reach the outcomes the targets exist to explore.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use gitgazer_ws_fuzz::seeds::{TARGETS, seeds, signed_tokens};
 use gitgazer_ws_fuzz::{EventOutcome, KID, event, jwks, key_set, rs256, token};
 use gitgazer_ws_guest::Rejection;
 
-fn run(target: &str, bytes: &[u8]) {
+/// Runs the target's harness; returns its outcome in words.
+fn run(target: &str, bytes: &[u8]) -> String {
     match target {
-        "token" => {
-            token(bytes);
-        }
-        "jwks" => {
-            jwks(bytes);
-        }
-        "event" => {
-            event(bytes);
-        }
-        "rs256" => {
-            rs256(bytes);
-        }
+        "token" => match token(bytes) {
+            None => "not UTF-8".into(),
+            Some(outcome) => {
+                let verdict = match &outcome.verdict {
+                    Ok(identity) => format!("valid with {} groups", identity.groups.len()),
+                    Err(rejection) => rejection.as_str().to_owned(),
+                };
+                format!("{verdict}: {}, {} stored", outcome.status, outcome.stored)
+            }
+        },
+        "jwks" => match jwks(bytes) {
+            None => "not UTF-8".into(),
+            Some(outcome) if !outcome.parsed => "refused".into(),
+            Some(outcome) => format!("usable: [{}]", outcome.usable_kids.join(", ")),
+        },
+        "event" => format!("{:?}", event(bytes)),
+        "rs256" => match rs256(bytes) {
+            None => "too short".into(),
+            Some(true) => "verifies".into(),
+            Some(false) => "does not verify".into(),
+        },
         other => panic!("unknown target {other}"),
     }
 }
 
 #[test]
-fn regression_inputs_pass_their_harness() {
+fn regression_inputs_pass_their_harness_with_their_pinned_outcome() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions");
-    let mut total = 0;
+    let expected_path = root.join("expected.json");
+    let expected: BTreeMap<String, String> = serde_json::from_str(
+        &std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", expected_path.display())),
+    )
+    .expect("expected.json: an object of \"target/file\": \"outcome\"");
+    let mut seen = BTreeMap::new();
     for target in TARGETS {
         let dir = root.join(target);
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
             let path = entry.unwrap().path();
-            if path.file_name().is_some_and(|n| n == "README.md") {
-                continue;
-            }
+            let name = format!("{target}/{}", path.file_name().unwrap().to_string_lossy());
             let bytes = std::fs::read(&path).unwrap();
-            eprintln!("{target}: {}", path.display());
-            run(target, &bytes);
-            total += 1;
+            eprintln!("{name}");
+            seen.insert(name, run(target, &bytes));
         }
     }
+    let mismatches: Vec<String> = seen
+        .iter()
+        .filter(|(name, outcome)| expected.get(*name) != Some(outcome))
+        .map(|(name, outcome)| format!("{name}: pinned {:?}, got {outcome:?}", expected.get(name)))
+        .collect();
     assert!(
-        total > 0,
-        "no regression inputs found under {}",
-        root.display()
+        mismatches.is_empty(),
+        "outcomes differ from {}:\n{}",
+        expected_path.display(),
+        mismatches.join("\n")
+    );
+    let stale: Vec<&String> = expected.keys().filter(|n| !seen.contains_key(*n)).collect();
+    assert!(
+        stale.is_empty(),
+        "pinned inputs that do not exist: {stale:?}"
     );
 }
 
@@ -58,7 +84,7 @@ fn every_seed_passes_its_harness() {
         assert!(seeds.len() >= 3, "{target}: only {} seeds", seeds.len());
         for seed in seeds {
             eprintln!("{target}: {}", seed.name);
-            run(target, &seed.bytes);
+            let _ = run(target, &seed.bytes);
         }
     }
 }
@@ -81,6 +107,13 @@ fn signed_seed_tokens_reach_acceptance_and_each_rejection() {
     assert_eq!(by("access-token").verdict, Err(Rejection::WrongTokenUse));
     assert_eq!(by("weak-exponent-kid").verdict, Err(Rejection::UnusableKey));
     assert_eq!(by("unknown-kid").verdict, Err(Rejection::UnknownKey));
+    // The refresh path: an unknown kid asks once more with the refresh flag;
+    // the rotated kid is only in the refreshed set, and valid there.
+    assert_eq!(by("valid").key_set_requests, vec![false]);
+    assert_eq!(by("unknown-kid").key_set_requests, vec![false, true]);
+    assert_eq!(by("rotated-kid").key_set_requests, vec![false, true]);
+    assert_eq!(by("rotated-kid").status, 200);
+    assert_eq!(by("rotated-kid").stored, 2);
 }
 
 #[test]

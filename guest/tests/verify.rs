@@ -15,6 +15,15 @@ fn verify_at(token: &str, now: u64) -> Result<Identity, Rejection> {
     verify_token(token, now, &settings(), &mut FakeHost::new())
 }
 
+/// The identity of [`claims`] (and of `claims_with` changes that keep
+/// `sub` and the groups): what every accepted token here must give.
+fn pool_user() -> Identity {
+    Identity {
+        sub: "5f3c8a2e-1111-2222-3333-444455556666".into(),
+        groups: vec!["integration-1".into(), "integration-2".into()],
+    }
+}
+
 #[test]
 fn valid_token_yields_sub_and_deduplicated_groups() {
     let mut host = FakeHost::new();
@@ -76,7 +85,7 @@ fn signed_token_of_length(length: usize) -> String {
 fn size_limit_is_exactly_16_kib() {
     let at_limit = signed_token_of_length(16 * 1024);
     assert_eq!(at_limit.len(), 16384);
-    assert!(verify_at(&at_limit, NOW).is_ok());
+    assert_eq!(verify_at(&at_limit, NOW), Ok(pool_user()));
     let over = signed_token_of_length(16 * 1024 + 2);
     assert_eq!(verify_at(&over, NOW), Err(Rejection::TooLarge));
     let over_by_one = format!("{at_limit}A");
@@ -197,7 +206,7 @@ fn any_typ_string_is_accepted() {
             &json!({ "alg": "RS256", "kid": KID_A, "typ": typ }),
             &claims(),
         );
-        assert!(verify_at(&token, NOW).is_ok(), "{typ}");
+        assert_eq!(verify_at(&token, NOW), Ok(pool_user()), "{typ}");
     }
 }
 
@@ -233,7 +242,7 @@ fn unknown_kid_found_after_refresh_is_used() {
     let token = sign(key_b(), &header(KID_B), &claims());
     let rotated = key_set(&[jwk(key_a(), KID_A), jwk(key_b(), KID_B)]);
     let mut host = FakeHost::with_refresh(Ok(pool_key_set()), Ok(rotated));
-    assert!(verify(&token, &mut host).is_ok());
+    assert_eq!(verify(&token, &mut host), Ok(pool_user()));
     assert_eq!(host.key_set_calls, vec![false, true]);
 }
 
@@ -383,7 +392,11 @@ fn optional_key_members_that_allow_rs256_are_fine() {
         json!({ "x5c": ["ignored"], "x5t": "ignored" }),
     ] {
         let mut host = FakeHost::with_key_set(Ok(pool_with_changed_key(change.clone())));
-        assert!(verify(&valid_token(), &mut host).is_ok(), "{change}");
+        assert_eq!(
+            verify(&valid_token(), &mut host),
+            Ok(pool_user()),
+            "{change}"
+        );
     }
 }
 
@@ -395,7 +408,7 @@ fn malformed_keys_do_not_poison_the_others() {
         jwk(key_a(), KID_A)
     );
     let mut host = FakeHost::with_key_set(Ok(set.clone()));
-    assert!(verify(&valid_token(), &mut host).is_ok());
+    assert_eq!(verify(&valid_token(), &mut host), Ok(pool_user()));
     // But a token naming a malformed key is refused.
     for kid in ["other", "dup"] {
         let token = sign(key_a(), &header(kid), &claims());
@@ -498,7 +511,7 @@ fn expired_at_exp_plus_leeway() {
     let exp = NOW + 10;
     let token = sign(key_a(), &header(KID_A), &claims_with(json!({ "exp": exp })));
     let leeway = u64::from(LEEWAY);
-    assert!(verify_at(&token, exp + leeway - 1).is_ok());
+    assert_eq!(verify_at(&token, exp + leeway - 1), Ok(pool_user()));
     assert_eq!(verify_at(&token, exp + leeway), Err(Rejection::Expired));
     assert_eq!(verify_at(&token, exp + 86_400), Err(Rejection::Expired));
 }
@@ -512,7 +525,7 @@ fn not_yet_valid_past_now_plus_leeway() {
             &header(KID_A),
             &claims_with(json!({ claim: NOW + leeway })),
         );
-        assert!(verify_at(&at_edge, NOW).is_ok(), "{claim}");
+        assert_eq!(verify_at(&at_edge, NOW), Ok(pool_user()), "{claim}");
         let future = sign(
             key_a(),
             &header(KID_A),
@@ -562,7 +575,7 @@ fn fractional_and_integer_dates_are_both_accepted() {
         &header(KID_A),
         &claims_with(json!({ "exp": (NOW + 100) as f64 + 0.5, "iat": (NOW - 1) as f64 })),
     );
-    assert!(verify_at(&token, NOW).is_ok());
+    assert_eq!(verify_at(&token, NOW), Ok(pool_user()));
 }
 
 #[test]

@@ -14,7 +14,7 @@ use gitgazer_ws::policy::{
 };
 use gitgazer_ws::store::{ConnectionRecord, ConnectionStore, RecordKey, StoreError};
 use gitgazer_ws::wit::types::{Identity, Response, Settings};
-use gitgazer_ws_tests::conformance::{cases_path, write_cases};
+use gitgazer_ws_tests::conformance::{cases_path, document, write_cases};
 use serde_json::{Value, json};
 
 /// The component `tests/jco/run.mjs` transpiles by default.
@@ -288,16 +288,6 @@ async fn run_conformance(build: GuestBuild, expected: LoadedGuest) {
     let document: Value = serde_json::from_str(&text).expect("cases.json is JSON");
     let cases = document["cases"].as_array().expect("a cases array");
 
-    match std::fs::read(built_component_path()) {
-        Ok(bytes) => println!(
-            "embedded component ({} bytes) is byte-identical to {}: {}",
-            GUEST_COMPONENT.len(),
-            built_component_path().display(),
-            bytes == GUEST_COMPONENT
-        ),
-        Err(e) => println!("{}: {e}", built_component_path().display()),
-    }
-
     let runtime = PolicyRuntime::new(EngineOptions {
         cache_dir: Some(gitgazer_ws_tests::test_cache_dir()),
         guest_build: build,
@@ -338,5 +328,142 @@ async fn run_conformance(build: GuestBuild, expected: LoadedGuest) {
         "conformance differences:\n{}",
         failures.join("\n")
     );
-    assert!(cases.len() > 30, "only {} cases", cases.len());
+    assert_eq!(cases.len(), CASES, "cases.json holds another set");
+}
+
+/// How many cases the set holds; a change is a change of the set.
+const CASES: usize = 76;
+
+/// A token with what changes from one generation to the next masked: the
+/// signing key's `kid` in a header segment, and signatures (segments from
+/// the third on that are not JSON). Claims, and anything not shaped like a
+/// token, stay as they are.
+fn stable_token(token: &str) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let segments: Vec<String> = token
+        .split('.')
+        .enumerate()
+        .map(|(index, segment)| {
+            let json = URL_SAFE_NO_PAD
+                .decode(segment)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+            match json {
+                Some(mut value) if value.get("kid").is_some_and(Value::is_string) => {
+                    value["kid"] = json!("<kid>");
+                    value.to_string()
+                }
+                Some(_) => segment.to_owned(),
+                None if index >= 2 => "<signature>".to_owned(),
+                None => segment.to_owned(),
+            }
+        })
+        .collect();
+    segments.join(".")
+}
+
+/// A conformance document with its tokens made [`stable_token`] and its
+/// key sets masked: what a regeneration must leave unchanged.
+fn stable(mut document: Value) -> Value {
+    for case in document["cases"].as_array_mut().expect("cases") {
+        for field in ["key-set", "refreshed-key-set"] {
+            if let Some(set) = case.get_mut(field) {
+                *set = json!("<key set>");
+            }
+        }
+        for field in ["id-token", "token"] {
+            if let Some(Value::String(token)) = case["call"].get_mut(field) {
+                *token = stable_token(token);
+            }
+        }
+    }
+    document
+}
+
+/// The checked-in set is what the generator makes (keys, kids and
+/// signatures aside): a case edited by hand, or a generator changed without
+/// regenerating, fails here.
+#[test]
+fn cases_json_is_what_the_generator_makes() {
+    let path = cases_path();
+    let checked_in: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("cases.json")).unwrap();
+    let (checked_in, generated) = (stable(checked_in), stable(document()));
+    let (old, new) = (&checked_in["cases"], &generated["cases"]);
+    let names = |cases: &Value| -> Vec<String> {
+        cases
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| str_of(c, "name").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(old),
+        names(new),
+        "the generator makes other cases; regenerate: cargo test --release -p gitgazer-ws-tests \
+         --test e2e -- --ignored conformance::generate_conformance_cases"
+    );
+    for (old, new) in old.as_array().unwrap().iter().zip(new.as_array().unwrap()) {
+        assert_eq!(
+            old,
+            new,
+            "case {} differs from the generator's",
+            str_of(old, "name")
+        );
+    }
+    assert_eq!(checked_in, generated);
+    assert_eq!(old.as_array().unwrap().len(), CASES);
+}
+
+/// The conformance set names every rejection class of the WIT's
+/// `token-rejection` (the README says so).
+#[test]
+fn every_rejection_class_has_a_verify_case() {
+    let text = std::fs::read_to_string(cases_path()).unwrap();
+    let document: Value = serde_json::from_str(&text).unwrap();
+    let classes: std::collections::BTreeSet<&str> = document["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|case| case["expect"]["verify"]["error"].as_str())
+        .collect();
+    let wit = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../wit/ws-handler.wit"),
+    )
+    .unwrap();
+    let body = wit
+        .split("enum token-rejection")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .expect("enum token-rejection in the WIT");
+    let wit_classes: std::collections::BTreeSet<&str> = body
+        .lines()
+        .map(|line| {
+            line.split("//")
+                .next()
+                .unwrap()
+                .trim()
+                .trim_end_matches(',')
+        })
+        .filter(|word| !word.is_empty() && !word.starts_with('{'))
+        .collect();
+    assert!(wit_classes.len() >= 15, "{wit_classes:?}");
+    assert_eq!(classes, wit_classes);
+}
+
+/// The bytes the host embeds are the bytes `tests/jco/run.mjs` runs under
+/// jco, so the two runtimes are tried on one component.
+#[test]
+fn the_embedded_component_is_the_one_jco_runs() {
+    let path = built_component_path();
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        bytes == GUEST_COMPONENT,
+        "{} ({} bytes) is not the embedded component ({} bytes)",
+        path.display(),
+        bytes.len(),
+        GUEST_COMPONENT.len()
+    );
 }

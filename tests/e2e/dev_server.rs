@@ -192,14 +192,27 @@ async fn api_gateway_events_over_http() {
     assert_eq!(status, 413);
 }
 
-#[tokio::test]
+/// A key server that takes every connection and closes it at once: the
+/// fetch fails fast, whatever else listens on this machine.
+async fn closing_key_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    format!("http://{address}/jwks.json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cognito_mode_without_a_reachable_key_set_answers_500() {
-    // Port 9 (discard) on loopback: nothing listens, the fetch fails fast.
+    let jwks_url = closing_key_server().await;
     let server = Server::start(&[
         ("AWS_REGION", "eu-west-1"),
         ("COGNITO_USER_POOL_ID", "eu-west-1_Test123"),
         ("COGNITO_CLIENT_ID", "client-1"),
-        ("COGNITO_JWKS_URL", "http://127.0.0.1:9/jwks.json"),
+        ("COGNITO_JWKS_URL", &jwks_url),
     ]);
     let token = hand_made_token(r#"{"alg":"RS256","kid":"k1"}"#, r#"{"sub":"x"}"#, &[1; 256]);
     let (status, body) =
@@ -244,4 +257,89 @@ async fn records_past_expires_at_are_gone_from_the_memory_store() {
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let (status, body) = get(&server.url("/disconnect?connectionId=gone")).await;
     assert_eq!((status, body.as_str()), (200, "No records to disconnect."));
+}
+
+/// `GET /dev/jwks.json` serves the key that signs `/dev/token`'s tokens, as
+/// a key set the policy's key policy accepts.
+#[tokio::test]
+async fn dev_jwks_serves_the_key_of_the_dev_tokens() {
+    let server = Server::start(&[]);
+    let (status, body) = get(&server.url("/dev/jwks.json")).await;
+    assert_eq!(status, 200, "{body}");
+    let set: serde_json::Value = serde_json::from_str(&body).expect("key set JSON");
+    let keys = set["keys"].as_array().expect("a keys array");
+    assert_eq!(keys.len(), 1, "{body}");
+    let key = &keys[0];
+    assert_eq!(
+        (&key["kty"], &key["use"], &key["alg"], &key["e"]),
+        (
+            &serde_json::json!("RSA"),
+            &serde_json::json!("sig"),
+            &serde_json::json!("RS256"),
+            &serde_json::json!("AQAB")
+        ),
+        "{body}"
+    );
+    let token = dev_token(&server, "sub=alice").await;
+    let header: serde_json::Value =
+        serde_json::from_str(&base64_decode(token.split('.').next().unwrap())).unwrap();
+    assert_eq!(header["kid"], key["kid"], "the token names the served key");
+    // The served set verifies the token's signature on its own: offline
+    // `verify-token` checks the signature before the claims, so with a pool
+    // that is not the dev issuer it gets as far as `wrong-issuer` (a key
+    // that did not sign it would stop it at `bad-signature`).
+    let file =
+        gitgazer_ws_tests::test_cache_dir().join(format!("dev-jwks-{}.json", std::process::id()));
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, &body).unwrap();
+    let output = std::process::Command::new(gitgazer_ws_tests::binary_path())
+        .args(["verify-token", "--jwks"])
+        .arg(&file)
+        .args([
+            "--region",
+            "eu-west-1",
+            "--user-pool-id",
+            "eu-west-1_NotDev",
+            "--client-id",
+            gitgazer_ws::settings::DEV_CLIENT_ID,
+            &token,
+        ])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&file).ok();
+    let verdict: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(
+        verdict,
+        serde_json::json!({"valid": false, "reason": "wrong-issuer"})
+    );
+}
+
+/// A token over 16 KiB is refused over HTTP as `too-large` (the class in
+/// the log), one of exactly 16 KiB gets past that bound (here: malformed).
+#[tokio::test]
+async fn a_token_over_16_kib_is_refused_as_too_large_over_http() {
+    let server = Server::start(&[]);
+    for (bytes, class) in [(16 * 1024 + 1, "too-large"), (16 * 1024, "malformed")] {
+        let token = "a".repeat(bytes);
+        let (status, body) = get(&server.url(&format!(
+            "/connect?idToken={token}&connectionId=big-{bytes}"
+        )))
+        .await;
+        assert_eq!(
+            (status, body.as_str()),
+            (401, INVALID_TOKEN),
+            "{bytes} bytes"
+        );
+        let expected = format!("connect denied: token {class}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while server.logs().matches(&expected).count() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no '{expected}' for {bytes} bytes:\n{}",
+                server.logs()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }

@@ -4,14 +4,24 @@
 
 use std::collections::BTreeSet;
 
-use gitgazer_ws_tests::fault_proxy::{FaultProxy, PutFault};
+use gitgazer_ws_tests::fault_proxy::{FaultProxy, Operation, PutFault};
 use gitgazer_ws_tests::{
     OwnDynalite, create_table, dynalite_endpoint, test_cache_dir, unique_table, unix_now,
 };
 
-use crate::support::{Fixture, keys, scan};
+use crate::support::{Fixture, get, keys, scan};
 
 const TOO_MANY: &str = "Too many requests. Try again later.";
+
+/// `pendingRollbacks` of the host's `GET /status`.
+async fn pending_rollbacks(f: &Fixture) -> u64 {
+    let (status, body) = get(&f.server.management("/status")).await;
+    assert_eq!(status, 200, "{body}");
+    let value: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    value["pendingRollbacks"]
+        .as_u64()
+        .expect("pendingRollbacks")
+}
 
 fn groups(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("g{i:02}")).collect()
@@ -215,4 +225,135 @@ async fn a_missing_table_answers_404() {
     let token = f.token("ivan", &["acme"]).await;
     assert_eq!(f.connect(&token, "c1").await, (404, "Not found.".into()));
     assert_eq!(f.disconnect("c1").await, (404, "Not found.".into()));
+}
+
+/// "A failure leaves none" when the cleanup fails too: the store stops
+/// answering (paused) just as a CONNECT's write fails, so its rollback
+/// cannot delete what the first batch wrote. The CONNECT still answers its
+/// error, `/status` counts the keys left to remove, and once the store
+/// answers again the background retrier removes them: pending 0, table
+/// empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_that_fails_while_the_store_is_paused_completes_in_the_background() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("paused-rollback");
+    create_table(&endpoint, &table);
+    let proxy = FaultProxy::start(&endpoint).await;
+    let f = Fixture::start(&proxy.endpoint, &table, &[]);
+    let thirty = groups(30);
+    let refs: Vec<&str> = thirty.iter().map(String::as_str).collect();
+    let token = f.token("grace", &refs).await;
+    assert_eq!(pending_rollbacks(&f).await, 0);
+
+    // 25 records written, the second batch throttled, every delete held:
+    // the rollback times out (the SDK's 8 s) and goes to the background.
+    proxy.set(PutFault::ThrottleAfter { pass: 1 });
+    proxy.pause_deletes(true);
+    assert_eq!(f.connect(&token, "c1").await, (429, TOO_MANY.into()));
+    assert!(proxy.deletes_held() >= 1, "the rollback reached the store");
+    assert_eq!(
+        scan(&endpoint, &table).await.len(),
+        25,
+        "the rollback failed"
+    );
+    assert_eq!(
+        pending_rollbacks(&f).await,
+        30,
+        "every key of the failed CONNECT is pending"
+    );
+
+    proxy.set(PutFault::None);
+    proxy.pause_deletes(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let pending = pending_rollbacks(&f).await;
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pending} keys still pending a minute after the store resumed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        scan(&endpoint, &table).await.is_empty(),
+        "the failed CONNECT left records"
+    );
+}
+
+/// The store's error classes through the binary, on the operations a
+/// DISCONNECT makes: a Query on an index the table lacks is DynamoDB's
+/// validation error (400), throttling on the Query or on the delete that
+/// follows it is 429; the records stay until a DISCONNECT succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_errors_map_a_wrong_index_to_400_and_throttling_to_429() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("disconnect-errors");
+    create_table(&endpoint, &table);
+
+    let wrong_index = Fixture::start(
+        &endpoint,
+        &table,
+        &[(
+            "DYNAMODB_TABLE_CONNECTIONS_CONNECTION_ID_INDEX",
+            "no-such-index",
+        )],
+    );
+    let token = wrong_index.token("heidi", &["acme"]).await;
+    assert_eq!(
+        wrong_index.connect(&token, "c1").await,
+        (200, "Connected.".into())
+    );
+    assert_eq!(
+        wrong_index.disconnect("c1").await,
+        (400, "Bad request.".into())
+    );
+    drop(wrong_index);
+
+    let proxy = FaultProxy::start(&endpoint).await;
+    let f = Fixture::start(&proxy.endpoint, &table, &[]);
+    proxy.throttle(Operation::Query, true);
+    assert_eq!(f.disconnect("c1").await, (429, TOO_MANY.into()));
+    let queries_throttled = proxy.faults_injected();
+    assert!(queries_throttled >= 1);
+    proxy.throttle(Operation::Query, false);
+
+    proxy.throttle(Operation::DeleteBatch, true);
+    assert_eq!(f.disconnect("c1").await, (429, TOO_MANY.into()));
+    assert!(proxy.faults_injected() > queries_throttled);
+    assert_eq!(
+        scan(&endpoint, &table).await.len(),
+        1,
+        "nothing deleted yet"
+    );
+    proxy.throttle(Operation::DeleteBatch, false);
+
+    assert_eq!(
+        f.disconnect("c1").await,
+        (200, "Disconnected. Removed 1 records.".into())
+    );
+    assert!(scan(&endpoint, &table).await.is_empty());
+}
+
+/// A non-default `RECORD_TTL_SECONDS` sets `expiresAt` to connect time plus
+/// that (the default, 7 500 s, is checked above).
+#[tokio::test]
+async fn record_ttl_seconds_sets_expires_at() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ttl");
+    create_table(&endpoint, &table);
+    let f = Fixture::start(&endpoint, &table, &[("RECORD_TTL_SECONDS", "600")]);
+    let token = f.token("ivan", &["acme", "globex"]).await;
+    let before = unix_now();
+    assert_eq!(f.connect(&token, "c1").await, (200, "Connected.".into()));
+    let after = unix_now();
+    let items = scan(&endpoint, &table).await;
+    assert_eq!(items.len(), 2);
+    for (_, _, _, expires_at) in items {
+        assert!(
+            (before + 600..=after + 600).contains(&expires_at),
+            "expiresAt {expires_at}, connected between {before} and {after}"
+        );
+    }
 }

@@ -164,12 +164,41 @@ async fn the_management_listener_on_ipv6_any_takes_a_local_ipv4_client_as_loopba
     let management = format!("http://127.0.0.1:{}", port_of(&server.management_url));
     let (status, body) = send("GET", &format!("{management}/status"), "").await;
     assert_eq!((status, body.as_str()), (200, r#"{"pendingRollbacks":0}"#));
-    // The same listener refuses a peer that is not loopback.
+    // The same listener refuses a peer that is not loopback, on every
+    // management route, with API Gateway's error shape.
     let other = format!(
         "http://{}:{}",
         own_address(),
         port_of(&server.management_url)
     );
-    let (status, _) = send("GET", &format!("{other}/status"), "").await;
-    assert_eq!(status, 403);
+    let mallory = POOL.token(&signer, "mallory");
+    for (method, path, body) in management_only(&mallory) {
+        assert_eq!(
+            send(method, &format!("{other}{path}"), &body).await,
+            (403, r#"{"message":"Forbidden"}"#.to_owned()),
+            "{method} {path} from {}",
+            own_address()
+        );
+    }
+}
+
+/// Dev mode mints tokens for anyone who asks, so it binds 127.0.0.1 even
+/// when told to bind every address: another address of this machine cannot
+/// reach it, loopback can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_binds_loopback_even_with_bind_0_0_0_0() {
+    let server = gitgazer_ws_tests::Server::start_with_args(&[], &["--bind", "0.0.0.0"]);
+    let port = port_of(&server.base_url);
+    let elsewhere = format!("http://{}:{port}/dev/token", own_address());
+    match reqwest::get(&elsewhere).await {
+        Err(error) if error.is_connect() => {}
+        other => panic!("dev mode answered {elsewhere}: {other:?}"),
+    }
+    let (status, _) = send("GET", &server.url("/dev/token"), "").await;
+    assert_eq!(status, 200, "loopback reaches the dev server");
+    assert!(
+        server.base_url.starts_with("http://127.0.0.1:"),
+        "listening on {}",
+        server.base_url
+    );
 }

@@ -109,12 +109,19 @@ async fn upgrades_only_on_a_200_connect_with_the_token_in_the_query_or_the_beare
     let fixture = Fixture::start(&endpoint, &table, &[]);
     let token = fixture.token("alice", &["acme"]).await;
 
+    // Which connection id is which socket: the table after each upgrade.
     let mut by_query = open_with_query(&fixture, &token).await;
+    let query_id = connections_of(&endpoint, &table, "acme").await.remove(0);
     let mut by_bearer = open_with_bearer(&fixture, &token)
         .await
         .expect("bearer upgrade");
     let records = scan(&endpoint, &table).await;
     assert_eq!(records.len(), 2, "one record per socket: {records:?}");
+    let bearer_id = connections_of(&endpoint, &table, "acme")
+        .await
+        .into_iter()
+        .find(|id| *id != query_id)
+        .expect("the bearer socket's record");
 
     // Refused upgrades answer the CONNECT decision's status and body.
     for (token, status, body) in [
@@ -161,31 +168,42 @@ async fn upgrades_only_on_a_200_connect_with_the_token_in_the_query_or_the_beare
         );
     }
 
-    // POST /@connections/{id} reaches one socket; DELETE closes it and its
+    // POST /@connections/{id} reaches that socket only (a marker posted to
+    // the other one is the other's next message); DELETE closes it and its
     // records go; both answer 410 afterwards.
-    let mut all = keys(&scan(&endpoint, &table).await);
-    let first = all.pop_first().unwrap();
-    let id = &first.1;
+    let id = &query_id;
+    let (mut closed, mut open) = (by_query, by_bearer);
     assert_eq!(
         request(&fixture, "POST", &format!("/@connections/{id}"), "just you")
             .await
             .0,
         200
     );
-    let (mut closed, mut open) = (by_query, by_bearer);
-    if next_text(&mut closed, Duration::from_millis(500))
+    assert_eq!(
+        request(
+            &fixture,
+            "POST",
+            &format!("/@connections/{bearer_id}"),
+            "marker"
+        )
         .await
-        .as_deref()
-        != Some("just you")
-    {
-        std::mem::swap(&mut closed, &mut open);
-        assert_eq!(
-            next_text(&mut closed, Duration::from_secs(5))
-                .await
-                .as_deref(),
-            Some("just you")
-        );
-    }
+        .0,
+        200
+    );
+    assert_eq!(
+        next_text(&mut closed, Duration::from_secs(10))
+            .await
+            .as_deref(),
+        Some("just you")
+    );
+    assert_eq!(
+        next_text(&mut open, Duration::from_secs(10))
+            .await
+            .as_deref(),
+        Some("marker"),
+        "the other socket got the message"
+    );
+    let all = BTreeSet::from([("acme".to_owned(), bearer_id.clone())]);
     assert_eq!(
         request(&fixture, "DELETE", &format!("/@connections/{id}"), "")
             .await
@@ -314,26 +332,43 @@ async fn a_thousand_clients_of_ten_integrations() {
         report,
         serde_json::json!({"delivered": CLIENTS / INTEGRATIONS, "gone": 5, "failed": 0, "expired": 1})
     );
-    // Exactly integration-3's sockets got it, once.
+    // Exactly integration-3's sockets got it, once: a marker delivered to
+    // every integration afterwards is every other socket's first message,
+    // and integration-3's second.
+    for integration in 0..INTEGRATIONS {
+        let (status, body) = post(
+            &fixture,
+            &format!("/integrations/integration-{integration}/events"),
+            "marker",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
     let received = futures_util::future::join_all(sockets.iter_mut().map(
         |(integration, socket)| async move {
-            let wait = if *integration == 3 {
-                Duration::from_secs(10)
+            let first = next_text(socket, Duration::from_secs(30)).await;
+            let second = if *integration == 3 {
+                next_text(socket, Duration::from_secs(30)).await
             } else {
-                Duration::from_millis(300)
+                None
             };
-            (*integration, next_text(socket, wait).await)
+            (*integration, first, second)
         },
     ))
     .await;
-    for (integration, message) in &received {
+    let event = "{\"workflow\":\"build\",\"status\":\"success\"}";
+    for (integration, first, second) in &received {
         if *integration == 3 {
             assert_eq!(
-                message.as_deref(),
-                Some("{\"workflow\":\"build\",\"status\":\"success\"}")
+                (first.as_deref(), second.as_deref()),
+                (Some(event), Some("marker"))
             );
         } else {
-            assert_eq!(message, &None, "integration-{integration} got a message");
+            assert_eq!(
+                first.as_deref(),
+                Some("marker"),
+                "integration-{integration} got something else first"
+            );
         }
     }
     // The vanished connections' records went, in both integrations.
@@ -742,4 +777,128 @@ async fn wait_for_table_len(endpoint: &str, table: &str, expected: usize) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Over 128 KiB (API Gateway's frame limit) a post to a socket and a
+/// delivery answer 413 and send nothing: a marker posted after them is the
+/// socket's next message; exactly 128 KiB goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_over_128_kib_answer_413_and_reach_no_socket() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-413");
+    create_table(&endpoint, &table);
+    let fixture = Fixture::start(&endpoint, &table, &[]);
+    let token = fixture.token("judy", &["acme"]).await;
+    let mut socket = open_with_query(&fixture, &token).await;
+    let id = connections_of(&endpoint, &table, "acme").await.remove(0);
+    let over = "o".repeat(128 * 1024 + 1);
+    for path in [
+        format!("/@connections/{id}"),
+        "/integrations/acme/events".into(),
+    ] {
+        let (status, body) = post(&fixture, &path, &over).await;
+        assert_eq!(status, 413, "POST {path}: {body}");
+    }
+    assert_eq!(
+        post(&fixture, &format!("/@connections/{id}"), "marker")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        next_text(&mut socket, Duration::from_secs(10))
+            .await
+            .as_deref(),
+        Some("marker"),
+        "the first message after the refused ones"
+    );
+    let max = "m".repeat(128 * 1024);
+    assert_eq!(
+        post(&fixture, &format!("/@connections/{id}"), &max).await.0,
+        200
+    );
+    let received = next_text(&mut socket, Duration::from_secs(10)).await;
+    assert_eq!(received.map(|m| m.len()), Some(max.len()));
+}
+
+/// A Management API that refuses every post (403, which is never retried).
+async fn forbidding_management_api() -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let posts = Arc::new(AtomicU32::new(0));
+    let counted = posts.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counted = counted.clone();
+        async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            (
+                axum::http::StatusCode::FORBIDDEN,
+                [("content-type", "application/json")],
+                r#"{"message":"Forbidden"}"#,
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, posts)
+}
+
+/// `deliver`'s exit codes: 1 when some connection could not be reached
+/// (the counts still printed), 2 for a usage error and for a delivery that
+/// cannot start (no such table).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_exits_1_when_posts_fail_and_2_when_it_cannot_start() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("deliver-exit");
+    create_table(&endpoint, &table);
+    let dynamo = client(&endpoint);
+    for id in ["c1", "c2"] {
+        put_record(&dynamo, &table, "acme", id, unix_now() + 3600).await;
+    }
+    let (api, posts) = forbidding_management_api().await;
+    let run = |table: String, args: &'static [&'static str]| {
+        let (endpoint, api) = (endpoint.clone(), api.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut child = std::process::Command::new(binary_path())
+                .envs(dynamodb_env(&endpoint, &table))
+                .env("WEBSOCKET_API_ENDPOINT", api)
+                .arg("deliver")
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(b"{\"n\":1}").unwrap();
+            child.wait_with_output().unwrap()
+        })
+    };
+    let output = run(table.clone(), &["--integration", "acme"])
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        r#"{"delivered":0,"gone":0,"failed":2,"expired":0}"#
+    );
+    assert_eq!(
+        posts.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "403 is not retried"
+    );
+
+    let output = run(table.clone(), &[]).await.unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "no --integration: {output:?}"
+    );
+    let output = run(unique_table("no-such-table"), &["--integration", "acme"])
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "no table: {output:?}");
+    assert!(output.stdout.is_empty(), "{output:?}");
+    assert_eq!(posts.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

@@ -792,6 +792,36 @@ fn build_cases() -> Vec<Value> {
             vec![false],
         ),
         (
+            "verify-wrong-issuer",
+            signer.sign(&with(
+                claims("alice", Some(json!(["acme"]))),
+                "iss",
+                json!("https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Other"),
+            )),
+            "wrong-issuer",
+            vec![false],
+        ),
+        (
+            "verify-wrong-audience",
+            signer.sign(&with(
+                claims("alice", Some(json!(["acme"]))),
+                "aud",
+                json!("another-client"),
+            )),
+            "wrong-audience",
+            vec![false],
+        ),
+        (
+            "verify-not-yet-valid",
+            signer.sign(&with(
+                claims("alice", Some(json!(["acme"]))),
+                "nbf",
+                json!(NOW + u64::from(LEEWAY) + 1),
+            )),
+            "not-yet-valid",
+            vec![false],
+        ),
+        (
             "verify-wrong-token-use",
             signer.sign(&with(
                 claims("alice", Some(json!(["acme"]))),
@@ -861,11 +891,11 @@ fn base64_url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Writes the conformance set to `path` (fresh keys and tokens, the same
-/// cases and expectations); returns how many cases it wrote.
-pub fn write_cases(path: &Path) -> usize {
+/// The conformance set as the generator makes it now: fresh keys and
+/// tokens, the same cases and expectations.
+pub fn document() -> Value {
     let cases = build_cases();
-    let document = json!({
+    json!({
         "description": "The gitgazer-ws policy conformance set: each case is one call of the \
             handler with the key set and store the host supplies, and the expected answer, key \
             set requests (the refresh flag of each jwks.key-set call, in order) and store \
@@ -873,7 +903,12 @@ pub fn write_cases(path: &Path) -> usize {
             tests/jco/run.mjs (jco on Node).",
         "generated-by": "cargo test --release -p gitgazer-ws-tests --test e2e -- --ignored conformance::generate_conformance_cases",
         "cases": cases,
-    });
+    })
+}
+
+/// Writes [`document`] to `path`; returns how many cases it wrote.
+pub fn write_cases(path: &Path) -> usize {
+    let document = document();
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(
         path,

@@ -3,8 +3,9 @@
 //! and dynalite and forwards everything else unchanged, so the SDK, its
 //! retries and the store's own resubmissions all run for real.
 //!
-//! Only BatchWriteItem calls that *put* are faulted; deletes (rollbacks,
-//! DISCONNECTs) pass, so a test can watch a rollback succeed.
+//! Put batches get the [`PutFault`]s; deletes (rollbacks, DISCONNECTs) and
+//! Queries pass unless a test throttles them ([`FaultProxy::throttle`]) or
+//! holds deletes as a paused store would ([`FaultProxy::pause_deletes`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -42,6 +43,19 @@ struct ProxyState {
     down: bool,
     /// Requests being forwarded right now.
     in_flight: u32,
+    /// Answer every Query / delete batch with a throttling error.
+    throttle_queries: bool,
+    throttle_deletes: bool,
+    /// Delete batches that arrived while deletes were paused.
+    deletes_held: u32,
+}
+
+/// Requests other than put batches that [`FaultProxy::throttle`] can fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Query,
+    /// A BatchWriteItem that deletes (a DISCONNECT's or a rollback's).
+    DeleteBatch,
 }
 
 #[derive(Clone)]
@@ -49,12 +63,15 @@ struct Shared {
     upstream: String,
     client: reqwest::Client,
     state: Arc<Mutex<ProxyState>>,
+    /// While true, delete batches wait unanswered (a paused store).
+    deletes_paused: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// A running proxy; it stops with the test's runtime.
 pub struct FaultProxy {
     pub endpoint: String,
     state: Arc<Mutex<ProxyState>>,
+    deletes_paused: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl FaultProxy {
@@ -64,13 +81,41 @@ impl FaultProxy {
             upstream: upstream.trim_end_matches('/').to_owned(),
             client: reqwest::Client::new(),
             state: Arc::default(),
+            deletes_paused: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let state = shared.state.clone();
+        let deletes_paused = shared.deletes_paused.clone();
         let app = Router::new().fallback(forward).with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        FaultProxy { endpoint, state }
+        FaultProxy {
+            endpoint,
+            state,
+            deletes_paused,
+        }
+    }
+
+    /// Answers every request of `operation` with a throttling error (as
+    /// DynamoDB does when a partition is hot), or stops doing so.
+    pub fn throttle(&self, operation: Operation, on: bool) {
+        let mut state = self.state.lock().unwrap();
+        match operation {
+            Operation::Query => state.throttle_queries = on,
+            Operation::DeleteBatch => state.throttle_deletes = on,
+        }
+    }
+
+    /// Holds delete batches unanswered, as a paused (SIGSTOPped) store does,
+    /// or lets them and every held one through (forwarded late, as a paused
+    /// store works through its queue when it resumes).
+    pub fn pause_deletes(&self, paused: bool) {
+        self.deletes_paused.send_replace(paused);
+    }
+
+    /// Delete batches that arrived while deletes were paused.
+    pub fn deletes_held(&self) -> u32 {
+        self.state.lock().unwrap().deletes_held
     }
 
     pub fn set(&self, fault: PutFault) {
@@ -104,12 +149,31 @@ impl FaultProxy {
 
 async fn forward(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let target = header(&headers, "x-amz-target");
-    let is_put_batch = target.ends_with(".BatchWriteItem")
-        && std::str::from_utf8(&body).is_ok_and(|b| b.contains("\"PutRequest\""));
+    let batch_holds = |request: &str| {
+        target.ends_with(".BatchWriteItem")
+            && std::str::from_utf8(&body).is_ok_and(|b| b.contains(request))
+    };
+    let is_put_batch = batch_holds("\"PutRequest\"");
+    let is_delete_batch = batch_holds("\"DeleteRequest\"");
+    let is_query = target.ends_with(".Query");
     let mut body = body.to_vec();
     let mut unprocessed: Option<(String, Vec<Value>)> = None;
-    if shared.state.lock().unwrap().down {
-        return upstream_down();
+    {
+        let mut state = shared.state.lock().unwrap();
+        if state.down {
+            return upstream_down();
+        }
+        if (is_query && state.throttle_queries) || (is_delete_batch && state.throttle_deletes) {
+            state.faults_injected += 1;
+            return throttled();
+        }
+    }
+    if is_delete_batch {
+        let mut paused = shared.deletes_paused.subscribe();
+        if *paused.borrow_and_update() {
+            shared.state.lock().unwrap().deletes_held += 1;
+            let _ = paused.wait_for(|paused| !*paused).await;
+        }
     }
     if is_put_batch {
         let mut state = shared.state.lock().unwrap();

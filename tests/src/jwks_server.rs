@@ -1,5 +1,5 @@
 //! A key set server on 127.0.0.1 that counts its requests and misbehaves on
-//! demand (error status, oversize or invalid body, a hang).
+//! demand (error status, oversize or invalid body, a hang, a redirect).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,12 +24,18 @@ pub enum JwksMode {
     Hang,
     /// 200 with this body, after this delay.
     Slow(std::time::Duration, String),
+    /// 302 to this URL.
+    Redirect(String),
+    /// 200 with this body once [`JwksServer::release`] is called (at once
+    /// after it).
+    Held(String),
 }
 
 #[derive(Clone)]
 struct Shared {
     mode: Arc<Mutex<JwksMode>>,
     requests: Arc<AtomicU64>,
+    released: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 pub struct JwksServer {
@@ -42,6 +48,7 @@ impl JwksServer {
         let shared = Shared {
             mode: Arc::new(Mutex::new(mode)),
             requests: Arc::default(),
+            released: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let app = Router::new().fallback(answer).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -55,6 +62,24 @@ impl JwksServer {
 
     pub fn set(&self, mode: JwksMode) {
         *self.shared.mode.lock().unwrap() = mode;
+    }
+
+    /// Lets [`JwksMode::Held`] answers go.
+    pub fn release(&self) {
+        self.shared.released.send_replace(true);
+    }
+
+    /// Waits (at most 30 s) until `count` requests have arrived.
+    pub async fn wait_for_requests(&self, count: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.requests() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} key set requests after 30 s, expected {count}",
+                self.requests()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Requests received so far.
@@ -79,6 +104,17 @@ async fn answer(State(shared): State<Shared>) -> Response {
         JwksMode::Slow(delay, body) => {
             tokio::time::sleep(delay).await;
             ([("content-type", "application/json")], body).into_response()
+        }
+        JwksMode::Held(body) => {
+            let _ = shared
+                .released
+                .subscribe()
+                .wait_for(|released| *released)
+                .await;
+            ([("content-type", "application/json")], body).into_response()
+        }
+        JwksMode::Redirect(location) => {
+            (StatusCode::FOUND, [("location", location)]).into_response()
         }
         JwksMode::Hang => {
             std::future::pending::<()>().await;

@@ -463,20 +463,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrency_stays_within_the_bound() {
+    async fn concurrency_reaches_its_bound_and_never_exceeds_it() {
+        const BOUND: usize = 4;
+        /// Holds every post until `BOUND` were in flight at once (10 s at
+        /// most, so a lower bound shows as a lower peak, not a hang).
         struct Counting {
-            now: Mutex<(usize, usize)>,
+            in_flight: Mutex<usize>,
+            peak: tokio::sync::watch::Sender<usize>,
         }
         #[async_trait::async_trait]
         impl ConnectionSender for Counting {
             async fn post(&self, _: &str, _: &Bytes) -> Result<(), SendError> {
-                {
-                    let mut n = self.now.lock().unwrap();
-                    n.0 += 1;
-                    n.1 = n.1.max(n.0);
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                self.now.lock().unwrap().0 -= 1;
+                let now = {
+                    let mut in_flight = self.in_flight.lock().unwrap();
+                    *in_flight += 1;
+                    *in_flight
+                };
+                self.peak.send_if_modified(|peak| {
+                    let higher = now > *peak;
+                    *peak = (*peak).max(now);
+                    higher
+                });
+                let mut peak = self.peak.subscribe();
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    peak.wait_for(|peak| *peak >= BOUND),
+                )
+                .await;
+                *self.in_flight.lock().unwrap() -= 1;
                 Ok(())
             }
         }
@@ -485,21 +499,26 @@ mod tests {
             .collect();
         let store = store_with(&records).await;
         let sender = Arc::new(Counting {
-            now: Mutex::new((0, 0)),
+            in_flight: Mutex::new(0),
+            peak: tokio::sync::watch::channel(0).0,
         });
+        let options = DeliveryOptions {
+            concurrency: BOUND,
+            call_timeout: Duration::from_secs(30),
+            ..fast()
+        };
         let report = deliver(
             store,
             sender.clone(),
             "acme",
             Bytes::from_static(b"x"),
             *NOW,
-            &fast(),
+            &options,
         )
         .await
         .unwrap();
         assert_eq!(report.delivered, 50);
-        let peak = sender.now.lock().unwrap().1;
-        assert!((2..=4).contains(&peak), "peak concurrency {peak}");
+        assert_eq!(*sender.peak.borrow(), BOUND, "peak concurrency");
     }
 
     #[tokio::test]

@@ -379,6 +379,105 @@ where
 mod tests {
     use super::*;
 
+    /// Every error code `classify` names, and the error kinds that carry
+    /// no code, with the class each must map to (the class decides the
+    /// status: validation 400, throttled 429, not found 404, else 500).
+    #[test]
+    fn classify_maps_every_code_and_error_kind_to_its_class() {
+        use aws_sdk_dynamodb::error::{ConnectorError, ErrorMetadata};
+        use aws_sdk_dynamodb::operation::query::QueryError;
+
+        fn class(error: &StoreError) -> &'static str {
+            match error {
+                StoreError::Validation(_) => "validation",
+                StoreError::Throttled(_) => "throttled",
+                StoreError::NotFound(_) => "not-found",
+                StoreError::Unavailable(_) => "unavailable",
+                StoreError::Other(_) => "other",
+            }
+        }
+        let service = |code: Option<&str>| {
+            let mut meta = ErrorMetadata::builder().message("detail from the service");
+            if let Some(code) = code {
+                meta = meta.code(code);
+            }
+            SdkError::<QueryError, ()>::service_error(QueryError::generic(meta.build()), ())
+        };
+        let cases: Vec<(&str, SdkError<QueryError, ()>, &str)> = vec![
+            (
+                "validation",
+                service(Some("ValidationException")),
+                "validation",
+            ),
+            (
+                "serialization",
+                service(Some("SerializationException")),
+                "validation",
+            ),
+            (
+                "provisioned throughput",
+                service(Some("ProvisionedThroughputExceededException")),
+                "throttled",
+            ),
+            (
+                "throttling",
+                service(Some("ThrottlingException")),
+                "throttled",
+            ),
+            (
+                "request limit",
+                service(Some("RequestLimitExceeded")),
+                "throttled",
+            ),
+            (
+                "no table",
+                service(Some("ResourceNotFoundException")),
+                "not-found",
+            ),
+            (
+                "internal",
+                service(Some("InternalServerError")),
+                "unavailable",
+            ),
+            (
+                "unavailable",
+                service(Some("ServiceUnavailable")),
+                "unavailable",
+            ),
+            (
+                "another code",
+                service(Some("ConditionalCheckFailedException")),
+                "other",
+            ),
+            ("no code", service(None), "other"),
+            (
+                "timeout",
+                SdkError::timeout_error("attempt timed out"),
+                "unavailable",
+            ),
+            (
+                "dispatch",
+                SdkError::dispatch_failure(ConnectorError::io("connection refused".into())),
+                "unavailable",
+            ),
+            (
+                "construction",
+                SdkError::construction_failure("no region"),
+                "other",
+            ),
+            (
+                "response",
+                SdkError::response_error("truncated body", ()),
+                "other",
+            ),
+        ];
+        for (name, error, expected) in cases {
+            let mapped = classify("Query", error);
+            assert_eq!(class(&mapped), expected, "{name}: {mapped}");
+            assert!(mapped.to_string().contains("Query"), "{name}: {mapped}");
+        }
+    }
+
     #[test]
     fn unique_keeps_the_first_of_each_key() {
         let items = vec![("a", 1), ("b", 2), ("a", 3)];
