@@ -271,12 +271,7 @@ async fn a_failed_refetch_keeps_the_last_good_key_set() {
 async fn the_cognito_mode_server_over_real_http() {
     let signer = DevSigner::generate().unwrap();
     let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
-    let server = Server::start(&[
-        ("AWS_REGION", REGION),
-        ("COGNITO_USER_POOL_ID", POOL),
-        ("COGNITO_CLIENT_ID", CLIENT),
-        ("COGNITO_JWKS_URL", &jwks.url),
-    ]);
+    let server = cognito_server(&jwks.url, &[]);
     let get = |path: String| async move {
         let response = reqwest::get(&path).await.unwrap();
         let status = response.status().as_u16();
@@ -355,12 +350,7 @@ async fn a_key_set_the_policy_refuses_is_never_cached() {
     let signer = DevSigner::generate().unwrap();
     let good = signer.jwks().to_owned();
     let jwks = JwksServer::start(JwksMode::Serve(refused_key_set(&good))).await;
-    let server = Server::start(&[
-        ("AWS_REGION", REGION),
-        ("COGNITO_USER_POOL_ID", POOL),
-        ("COGNITO_CLIENT_ID", CLIENT),
-        ("COGNITO_JWKS_URL", &jwks.url),
-    ]);
+    let server = cognito_server(&jwks.url, &[]);
     let connect = |token: String, id: &str| {
         let url = server.management(&format!("/connect?idToken={token}&connectionId={id}"));
         async move {
@@ -407,14 +397,17 @@ async fn a_key_set_the_policy_refuses_is_never_cached() {
     );
 }
 
-/// A Cognito-mode server for this pool whose key set comes from `jwks_url`.
-fn cognito_server(jwks_url: &str) -> Server {
-    Server::start(&[
+/// A Cognito-mode server for this pool whose key set comes from `jwks_url`,
+/// plus `extra` variables.
+fn cognito_server(jwks_url: &str, extra: &[(&str, &str)]) -> Server {
+    let mut env = vec![
         ("AWS_REGION", REGION),
         ("COGNITO_USER_POOL_ID", POOL),
         ("COGNITO_CLIENT_ID", CLIENT),
         ("COGNITO_JWKS_URL", jwks_url),
-    ])
+    ];
+    env.extend_from_slice(extra);
+    Server::start(&env)
 }
 
 async fn management_connect(server: &Server, token: &str, id: &str) -> (u16, String) {
@@ -430,7 +423,7 @@ async fn management_connect(server: &Server, token: &str, id: &str) -> (u16, Str
 async fn a_rotation_during_the_cooldown_is_picked_up_once_it_has_passed() {
     let old = DevSigner::generate().unwrap();
     let jwks = JwksServer::start(JwksMode::Serve(old.jwks().to_owned())).await;
-    let server = cognito_server(&jwks.url);
+    let server = cognito_server(&jwks.url, &[]);
     let ok = (200, "Connected.".to_owned());
     assert_eq!(
         management_connect(&server, &id_token(&old, "u"), "c1").await,
@@ -489,7 +482,7 @@ async fn a_redirecting_key_server_is_not_followed() {
     let signer = DevSigner::generate().unwrap();
     let target = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
     let redirecting = JwksServer::start(JwksMode::Redirect(target.url.clone())).await;
-    let server = cognito_server(&redirecting.url);
+    let server = cognito_server(&redirecting.url, &[]);
     assert_eq!(
         management_connect(&server, &id_token(&signer, "u"), "c1").await,
         (500, "Internal server error.".to_owned())
@@ -504,13 +497,7 @@ async fn a_redirecting_key_server_is_not_followed() {
 async fn jwt_leeway_seconds_tolerates_that_much_clock_skew() {
     let signer = DevSigner::generate().unwrap();
     let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
-    let server = Server::start(&[
-        ("AWS_REGION", REGION),
-        ("COGNITO_USER_POOL_ID", POOL),
-        ("COGNITO_CLIENT_ID", CLIENT),
-        ("COGNITO_JWKS_URL", &jwks.url),
-        ("JWT_LEEWAY_SECONDS", "300"),
-    ]);
+    let server = cognito_server(&jwks.url, &[("JWT_LEEWAY_SECONDS", "300")]);
     let now = unix_now();
     let token = |exp: u64, nbf: u64| {
         signer.sign(&json!({
