@@ -173,6 +173,7 @@ pub fn token(data: &[u8]) -> Option<TokenOutcome> {
         id_token: Some(text.into()),
         now: NOW,
         settings: settings(),
+        endpoint: None,
     };
     let mut host = FixedHost::fixed();
     let response = handle_connect(&request, &mut host);

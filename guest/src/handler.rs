@@ -97,6 +97,7 @@ pub fn handle_connect(request: &ConnectRequest, caps: &mut impl Capabilities) ->
             sub: identity.sub.clone(),
             connected_at: connected_at.clone(),
             expires_at,
+            endpoint: request.endpoint.clone(),
         })
         .collect();
     match caps.put_all(&records) {

@@ -74,6 +74,7 @@ mod component {
                 id_token: req.id_token,
                 now: req.now,
                 settings: settings_from_wit(req.settings),
+                endpoint: req.endpoint,
             };
             response_to_wit(handle_connect(&request, &mut HostCapabilities))
         }
@@ -166,6 +167,7 @@ mod component {
             sub: record.sub.clone(),
             connected_at: record.connected_at.clone(),
             expires_at: record.expires_at,
+            endpoint: record.endpoint.clone(),
         }
     }
 

@@ -30,6 +30,8 @@ pub struct ConnectRequest {
     pub now: u64,
     /// Verification and record settings.
     pub settings: Settings,
+    /// Where the connection can be reached (copied into each record).
+    pub endpoint: Option<String>,
 }
 
 /// A WebSocket DISCONNECT event.
@@ -64,6 +66,8 @@ pub struct ConnectionRecord {
     pub connected_at: String,
     /// When the record may be dropped, seconds since the epoch.
     pub expires_at: u64,
+    /// Where the connection can be reached; `None`: the reader's default.
+    pub endpoint: Option<String>,
 }
 
 impl ConnectionRecord {

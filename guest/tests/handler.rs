@@ -18,6 +18,7 @@ fn connect_request(token: Option<String>) -> ConnectRequest {
         id_token: token,
         now: NOW,
         settings: settings(),
+        endpoint: None,
     }
 }
 
@@ -74,8 +75,27 @@ fn connected_stores_one_record_per_group_in_one_call() {
         assert_eq!(record.sub, "5f3c8a2e-1111-2222-3333-444455556666");
         assert_eq!(record.connected_at, NOW_RFC3339);
         assert_eq!(record.expires_at, NOW + u64::from(TTL));
+        assert_eq!(record.endpoint, None);
     }
     assert_token_not_logged(&host, &token);
+}
+
+#[test]
+fn every_record_carries_the_requests_endpoint() {
+    let mut host = FakeHost::new();
+    let endpoint = "http://10.0.0.5:8082/n/3f9c0a1b2c3d4e5f";
+    let request = ConnectRequest {
+        endpoint: Some(endpoint.into()),
+        ..connect_request(Some(valid_token()))
+    };
+    assert_eq!(
+        handle_connect(&request, &mut host),
+        response(200, "Connected.")
+    );
+    assert_eq!(host.records.len(), 2);
+    for record in host.records.values() {
+        assert_eq!(record.endpoint.as_deref(), Some(endpoint));
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@ use crate::keys::KeySetSource;
 use crate::policy::{Capabilities, PolicyRuntime, Verdict};
 use crate::store::{ConnectionStore, StoreError};
 use crate::telemetry;
-use crate::wit::types::{Response, Settings};
+use crate::wit::types::{ConnectRequest, Response, Settings};
 
 #[derive(Clone)]
 pub struct Handler {
@@ -32,35 +32,36 @@ impl Handler {
         }
     }
 
-    /// A CONNECT with an optional id token.
+    /// A CONNECT with an optional id token; its records name no endpoint.
     pub async fn connect(
         &self,
         request_id: &str,
         connection_id: &str,
         id_token: Option<&str>,
     ) -> Response {
-        self.connect_as(request_id, connection_id, id_token).await.0
+        self.connect_as(request_id, connection_id, id_token, None)
+            .await
+            .0
     }
 
-    /// A CONNECT, with the `sub` of the user it stored records for (the
+    /// A CONNECT whose records say where the connection can be reached
+    /// (`endpoint`), with the `sub` of the user it stored records for (the
     /// WebSocket endpoint counts sockets per user).
     pub async fn connect_as(
         &self,
         request_id: &str,
         connection_id: &str,
         id_token: Option<&str>,
+        endpoint: Option<&str>,
     ) -> (Response, Option<String>) {
-        let (reply, sub) = self
-            .runtime
-            .connect(
-                &self.caps,
-                request_id,
-                connection_id,
-                id_token,
-                unix_now(),
-                &self.settings,
-            )
-            .await;
+        let request = ConnectRequest {
+            connection_id: connection_id.to_owned(),
+            id_token: id_token.map(str::to_owned),
+            now: unix_now(),
+            settings: self.settings.clone(),
+            endpoint: endpoint.map(str::to_owned),
+        };
+        let (reply, sub) = self.runtime.connect(&self.caps, request_id, &request).await;
         tracing::info!(request_id, connection_id, status = reply.status, "CONNECT");
         telemetry::connect(reply.status, reply.rejection);
         (reply, sub)

@@ -13,7 +13,7 @@ use gitgazer_ws::policy::{
     Capabilities, EngineOptions, GUEST_COMPONENT, GuestBuild, LoadedGuest, PolicyRuntime,
 };
 use gitgazer_ws::store::{ConnectionRecord, ConnectionStore, RecordKey, StoreError};
-use gitgazer_ws::wit::types::{Identity, Response, Settings};
+use gitgazer_ws::wit::types::{ConnectRequest, Identity, Response, Settings};
 use gitgazer_ws_tests::conformance::{cases_path, document, write_cases};
 use serde_json::{Value, json};
 
@@ -146,17 +146,23 @@ fn record_from(value: &Value) -> ConnectionRecord {
         sub: str_of(value, "sub").into(),
         connected_at: str_of(value, "connected-at").into(),
         expires_at: u64_of(value, "expires-at"),
+        endpoint: value["endpoint"].as_str().map(str::to_owned),
     }
 }
 
 fn record_to(record: &ConnectionRecord) -> Value {
-    json!({
+    let mut value = json!({
         "integration-id": record.integration_id,
         "connection-id": record.connection_id,
         "sub": record.sub,
         "connected-at": record.connected_at,
         "expires-at": record.expires_at,
-    })
+    });
+    // Only when set: the cases without one stay as they were.
+    if let Some(endpoint) = &record.endpoint {
+        value["endpoint"] = json!(endpoint);
+    }
+    value
 }
 
 fn store_error_of(failure: &Value) -> (String, StoreError) {
@@ -222,10 +228,13 @@ async fn run_case(runtime: &PolicyRuntime, case: &Value) -> Value {
                 .connect(
                     &caps,
                     name,
-                    str_of(call, "connection-id"),
-                    call["id-token"].as_str(),
-                    u64_of(call, "now"),
-                    &settings_of(&call["settings"]),
+                    &ConnectRequest {
+                        connection_id: str_of(call, "connection-id").into(),
+                        id_token: call["id-token"].as_str().map(str::to_owned),
+                        now: u64_of(call, "now"),
+                        settings: settings_of(&call["settings"]),
+                        endpoint: call["endpoint"].as_str().map(str::to_owned),
+                    },
                 )
                 .await
                 .0,
@@ -332,7 +341,7 @@ async fn run_conformance(build: GuestBuild, expected: LoadedGuest) {
 }
 
 /// How many cases the set holds; a change is a change of the set.
-const CASES: usize = 78;
+const CASES: usize = 79;
 
 /// A token with what changes from one generation to the next masked: the
 /// signing key's `kid` in a header segment, and signatures (segments from

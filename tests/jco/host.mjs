@@ -35,6 +35,7 @@ export function beginCase({ keySet, refreshedKeySet, storeBefore, storeFailure }
       sub: r.sub,
       connectedAt: r['connected-at'],
       expiresAt: BigInt(r['expires-at']),
+      endpoint: r.endpoint,
     });
   }
   current = {
@@ -61,6 +62,8 @@ export function endCase() {
       sub: r.sub,
       'connected-at': r.connectedAt,
       'expires-at': Number(r.expiresAt),
+      // Only when set, as the wasmtime runner writes it.
+      ...(r.endpoint === undefined ? {} : { endpoint: r.endpoint }),
     }));
   return { storeAfter, keySetRequests: state.keySetRequests, logs: state.logs };
 }

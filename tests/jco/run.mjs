@@ -85,6 +85,7 @@ async function runCase(testCase) {
           idToken: call['id-token'] ?? undefined,
           now: BigInt(call.now),
           settings: settingsOf(call.settings),
+          endpoint: call.endpoint ?? undefined,
         });
         outcome = { response: { status: r.status, body: r.body } };
         break;

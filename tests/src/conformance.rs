@@ -267,6 +267,26 @@ fn build_cases() -> Vec<Value> {
     c.store_after = Some(vec![record("acme", "c1", "alice")]);
     b.push(c);
 
+    let endpoint = "https://abc123.execute-api.eu-west-1.amazonaws.com/prod";
+    let mut call = connect("c2", Some(&two_groups));
+    call["endpoint"] = json!(endpoint);
+    let mut c = b.case(
+        "connect-stores-the-endpoint",
+        "the request's endpoint goes into every record, as given",
+        call,
+        response(200, CONNECTED),
+    );
+    c.key_set_requests = vec![false];
+    let with_endpoint = |mut record: Value| {
+        record["endpoint"] = json!(endpoint);
+        record
+    };
+    c.store_after = Some(vec![
+        with_endpoint(record("acme", "c2", "alice")),
+        with_endpoint(record("globex", "c2", "alice")),
+    ]);
+    b.push(c);
+
     let mut c = b.case(
         "connect-valid-thirty-groups",
         "thirty groups: thirty records in one put-all",

@@ -277,6 +277,7 @@ impl FakeHost {
             sub: "someone".into(),
             connected_at: NOW_RFC3339.into(),
             expires_at: NOW + u64::from(TTL),
+            endpoint: None,
         };
         self.records.insert(record.key(), record);
     }

@@ -51,17 +51,8 @@ impl PolicyRuntime {
         &self,
         caps: &Capabilities,
         request_id: &str,
-        connection_id: &str,
-        id_token: Option<&str>,
-        now: u64,
-        settings: &Settings,
+        request: &ConnectRequest,
     ) -> (Response, Option<String>) {
-        let request = ConnectRequest {
-            connection_id: connection_id.to_owned(),
-            id_token: id_token.map(str::to_owned),
-            now,
-            settings: settings.clone(),
-        };
         let call = Call::start("handle-connect");
         let Some(_slot) = self.engine.admit().await else {
             return (Response::internal_error(), None);
@@ -72,7 +63,7 @@ impl PolicyRuntime {
         };
         let result = guest
             .gitgazer_ws_handler_handler()
-            .call_handle_connect(&mut store, &request)
+            .call_handle_connect(&mut store, request)
             .await;
         let ledger = std::mem::take(&mut store.data_mut().ledger);
         match result {

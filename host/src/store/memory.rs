@@ -128,6 +128,7 @@ mod tests {
             sub: "alice".into(),
             connected_at: "2026-12-06T00:00:00Z".into(),
             expires_at,
+            endpoint: None,
         }
     }
 

@@ -1,6 +1,8 @@
 //! The item layout the rest of GitGazer reads: hash key `integrationId` (S),
 //! range key `connectionId` (S), and `sub`, `connectedAt`, `expiresAt` (N,
 //! the TTL attribute) on each item; a KEYS_ONLY GSI on `connectionId`.
+//! `endpoint` (S), where the connection can be reached, only on items whose
+//! CONNECT named one; GitGazer's own reader ignores it.
 
 use std::collections::HashMap;
 
@@ -13,12 +15,13 @@ pub const CONNECTION_ID: &str = "connectionId";
 pub const SUB: &str = "sub";
 pub const CONNECTED_AT: &str = "connectedAt";
 pub const EXPIRES_AT: &str = "expiresAt";
+pub const ENDPOINT: &str = "endpoint";
 
 /// The `expiresAt` of a record written without one.
 pub const NO_EXPIRY: u64 = u64::MAX;
 
 pub(super) fn put_request(record: &ConnectionRecord) -> Result<WriteRequest, StoreError> {
-    let item = HashMap::from([
+    let mut item = HashMap::from([
         (
             INTEGRATION_ID.to_owned(),
             AttributeValue::S(record.integration_id.clone()),
@@ -37,6 +40,9 @@ pub(super) fn put_request(record: &ConnectionRecord) -> Result<WriteRequest, Sto
             AttributeValue::N(record.expires_at.to_string()),
         ),
     ]);
+    if let Some(endpoint) = &record.endpoint {
+        item.insert(ENDPOINT.to_owned(), AttributeValue::S(endpoint.clone()));
+    }
     let put = PutRequest::builder()
         .set_item(Some(item))
         .build()
@@ -85,6 +91,7 @@ pub(super) fn record_from(
         sub: string_attribute(item, SUB).unwrap_or_default(),
         connected_at: string_attribute(item, CONNECTED_AT).unwrap_or_default(),
         expires_at,
+        endpoint: string_attribute(item, ENDPOINT).ok(),
     })
 }
 

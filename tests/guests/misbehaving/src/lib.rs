@@ -71,6 +71,7 @@ impl Guest for Misbehaving {
                     sub: "test".into(),
                     connected_at: "1970-01-01T00:00:00Z".into(),
                     expires_at: req.now + 60,
+                    endpoint: None,
                 };
                 connections::put_all(&[record]).expect("store accepts the record");
                 panic!("trapping after storing a record");
