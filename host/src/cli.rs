@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
+use crate::delivery::nodes::ManagementToken;
 use crate::delivery::{DeliveryOptions, MAX_MESSAGE_BYTES};
 use crate::edge::server::ConnectionLimits;
 use crate::edge::websocket::{LONGEST_SOCKET_LIMIT, QUEUED_MESSAGE_OVERHEAD, SocketLimits};
@@ -170,11 +171,24 @@ pub struct ServeArgs {
     #[arg(long, env = "BIND_ADDRESS", default_value = "127.0.0.1")]
     pub bind: std::net::IpAddr,
     /// The management listener (ADDR:PORT; port 0 picks one): delivery,
-    /// `/@connections/{id}`, `/status`, and in Cognito mode the test routes
-    /// `/connect`, `/disconnect`, `/events`. It answers loopback peers only;
-    /// none of it is served on the public port. Dev mode binds 127.0.0.1.
+    /// `/@connections/{id}`, `/status`, `/metrics`, `/readyz`, and in
+    /// Cognito mode the test routes `/connect`, `/disconnect`, `/events`.
+    /// It answers loopback peers only, unless MANAGEMENT_TOKEN is set; none
+    /// of it is served on the public port. Dev mode binds 127.0.0.1.
     #[arg(long, env = "MANAGEMENT_BIND", default_value = "127.0.0.1:8082")]
     pub management_bind: std::net::SocketAddr,
+    /// The management listener's URL as other nodes reach it (several nodes
+    /// on one table); records of this node's sockets name it, followed by
+    /// `/n/{incarnation}`. Default: the listener's own address. A
+    /// non-loopback URL needs MANAGEMENT_TOKEN.
+    #[arg(long, env = "ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// A secret shared by every node (at least 32 bytes): when set, every
+    /// management request must carry `Authorization: Bearer <token>`
+    /// (loopback included), from any address, and posts to other nodes
+    /// carry it.
+    #[arg(long, env = "MANAGEMENT_TOKEN", hide_env_values = true)]
+    pub management_token: Option<String>,
     /// After SIGTERM or Ctrl-C: how long in-flight requests may take to
     /// finish before the server exits anyway.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
@@ -223,6 +237,13 @@ pub struct ServeArgs {
     pub ws_send_queue_bytes: u64,
 }
 
+/// The management token, checked (`None` when unset or empty).
+pub fn management_token(text: Option<&str>) -> anyhow::Result<Option<ManagementToken>> {
+    text.filter(|token| !token.is_empty())
+        .map(ManagementToken::new)
+        .transpose()
+}
+
 /// A send queue must hold the largest message.
 const SMALLEST_SEND_QUEUE: u64 = (MAX_MESSAGE_BYTES + QUEUED_MESSAGE_OVERHEAD) as u64;
 
@@ -266,10 +287,16 @@ pub struct DeliverArgs {
     /// The message file; `-` or nothing reads standard input.
     #[arg(long)]
     pub message: Option<PathBuf>,
-    /// The Management API endpoint,
-    /// `https://{api-id}.execute-api.{region}.amazonaws.com/{stage}`.
+    /// Where records that name no endpoint of their own go (older records):
+    /// a Management API endpoint,
+    /// `https://{api-id}.execute-api.{region}.amazonaws.com/{stage}`, or a
+    /// node's management URL. Records that name one go there.
     #[arg(long, env = "WEBSOCKET_API_ENDPOINT")]
-    pub endpoint: String,
+    pub endpoint: Option<String>,
+    /// The nodes' shared management secret, for records held by
+    /// self-hosted nodes that require it.
+    #[arg(long, env = "MANAGEMENT_TOKEN", hide_env_values = true)]
+    pub management_token: Option<String>,
     /// Posts in flight at once.
     #[arg(long, env = "DELIVERY_CONCURRENCY", default_value_t = DeliveryOptions::default().concurrency)]
     pub concurrency: usize,

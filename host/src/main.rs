@@ -6,9 +6,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use gitgazer_ws::cli::{Cli, Command, DeliverArgs, GlobalArgs, LogFormat, ServeArgs, TableCommand};
+use gitgazer_ws::cli::{
+    self, Cli, Command, DeliverArgs, GlobalArgs, LogFormat, ServeArgs, TableCommand,
+};
 use gitgazer_ws::clock::unix_now;
-use gitgazer_ws::delivery::{self, ConnectionSender, DeliveryOptions, ManagementApi};
+use gitgazer_ws::delivery::nodes::Node;
+use gitgazer_ws::delivery::{self, DeliveryOptions, ManagementApi, Route, Routes};
 use gitgazer_ws::edge::http::{AppState, management_app, public_app};
 use gitgazer_ws::edge::server::{self, ConnectionLimits};
 use gitgazer_ws::edge::websocket::Sockets;
@@ -110,11 +113,20 @@ async fn deliver(global: &GlobalArgs, args: &DeliverArgs) -> anyhow::Result<Exit
         concurrency: args.concurrency.max(1),
         ..DeliveryOptions::default()
     };
-    let sender = ManagementApi::connect(&args.endpoint, options.call_timeout).await?;
+    let mut routes = Routes::new(
+        options.call_timeout,
+        cli::management_token(args.management_token.as_deref())?,
+    )?;
+    if let Some(endpoint) = args.endpoint.as_deref().filter(|e| !e.is_empty()) {
+        routes = routes.with_fallback(Route {
+            sender: Arc::new(ManagementApi::connect(endpoint, options.call_timeout).await?),
+            gone_is_certain: false,
+        });
+    }
     let store = DynamoDbStore::connect(table).await;
     let report = delivery::deliver(
         Arc::new(store),
-        Arc::new(sender),
+        &routes,
         &args.integration,
         message.into(),
         unix_now(),
@@ -172,22 +184,40 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode
     }
     tracing::info!(%address, "listening");
     tracing::info!(address = %management.local_addr()?, "management listening");
+    let node = Arc::new(Node::new(
+        args.advertise_url.as_deref(),
+        management.local_addr()?,
+        cli::management_token(args.management_token.as_deref())?,
+    )?);
+    tracing::info!(
+        endpoint = node.endpoint(),
+        "this node's sockets are reached at"
+    );
     let sockets = Sockets::new(args.socket_limits());
-    let sender: Arc<dyn ConnectionSender> = match args
+    let call_timeout = DeliveryOptions::default().call_timeout;
+    let fallback = match args
         .websocket_api_endpoint
         .as_deref()
         .filter(|endpoint| !endpoint.is_empty())
     {
-        Some(endpoint) => Arc::new(
-            ManagementApi::connect(endpoint, DeliveryOptions::default().call_timeout).await?,
-        ),
-        None => sockets.clone(),
+        Some(endpoint) => Route {
+            sender: Arc::new(ManagementApi::connect(endpoint, call_timeout).await?),
+            gone_is_certain: false,
+        },
+        None => Route {
+            sender: sockets.clone(),
+            gone_is_certain: true,
+        },
     };
+    let routes = Routes::new(call_timeout, node.token().cloned())?
+        .with_local(node.endpoint(), sockets.clone())
+        .with_fallback(fallback);
     let state = AppState {
         handler: started.handler,
         dev: started.dev,
         sockets: sockets.clone(),
-        sender,
+        node,
+        routes: Arc::new(routes),
         metrics: Some(metrics),
     };
     // On a signal: stop accepting on both listeners, let in-flight requests

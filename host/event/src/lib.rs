@@ -98,6 +98,26 @@ pub enum Route<'a> {
     Unhandled { event_type: &'a str },
 }
 
+/// The Management API base URL of the stage an event came through,
+/// `https://{apiId}.execute-api.{region}.amazonaws.com/{stage}`, from the
+/// request context's `apiId` and `stage` (not `domainName`: a custom
+/// domain's path mapping may differ) and the region API Gateway runs in.
+/// `None` when a part is missing or not of the characters AWS uses.
+pub fn execute_api_endpoint(event: &Event, region: &str) -> Option<String> {
+    let context = &event.request_context;
+    let api_id = context.apiid.as_deref()?;
+    let stage = context.stage.as_deref()?;
+    let plain = |text: &str, extra: &[u8]| {
+        !text.is_empty()
+            && text.len() <= 128
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+    };
+    (plain(api_id, b"") && plain(stage, b"-_") && plain(region, b"-"))
+        .then(|| format!("https://{api_id}.execute-api.{region}.amazonaws.com/{stage}"))
+}
+
 /// Routes a decoded event by `requestContext.eventType`.
 pub fn route(event: &Event) -> Route<'_> {
     let context = &event.request_context;
@@ -202,6 +222,48 @@ mod tests {
                 id_token: Some("t"),
                 bearer: false,
             }
+        );
+    }
+
+    #[test]
+    fn the_execute_api_endpoint_comes_from_api_id_stage_and_region() {
+        let event = |context: &str| {
+            decode_event(
+                format!(
+                    r#"{{"requestContext":{{"eventType":"CONNECT","connectionId":"c1","connectedAt":1,"requestTimeEpoch":1{context}}}}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        let custom_domain =
+            event(r#","apiId":"abc123","stage":"prod","domainName":"ws.example.com""#);
+        assert_eq!(
+            execute_api_endpoint(&custom_domain, "eu-west-1").as_deref(),
+            Some("https://abc123.execute-api.eu-west-1.amazonaws.com/prod")
+        );
+        assert_eq!(
+            execute_api_endpoint(&event(r#","stage":"prod""#), "eu-west-1"),
+            None
+        );
+        assert_eq!(
+            execute_api_endpoint(&event(r#","apiId":"abc123""#), "eu-west-1"),
+            None
+        );
+        for bad in [
+            r#","apiId":"abc/../x","stage":"prod""#,
+            r#","apiId":"abc123","stage":"pr od""#,
+            r#","apiId":"","stage":"prod""#,
+        ] {
+            assert_eq!(
+                execute_api_endpoint(&event(bad), "eu-west-1"),
+                None,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            execute_api_endpoint(&custom_domain, "eu-west-1.evil.com/"),
+            None
         );
     }
 

@@ -14,7 +14,7 @@ use aws_sdk_apigatewaymanagement::operation::post_to_connection::PostToConnectio
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use bytes::Bytes;
 
-use super::{ConnectionSender, SendError};
+use super::{ConnectionSender, SendError, with_sources};
 
 /// The Management API of one WebSocket API stage.
 pub struct ManagementApi {
@@ -94,21 +94,12 @@ fn classify(error: SdkError<PostToConnectionError>) -> SendError {
                 },
             }
         }
+        SdkError::DispatchFailure(failure) if failure.is_io() => {
+            SendError::Unreachable(with_sources(&error))
+        }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             SendError::Retryable(with_sources(&error))
         }
         _ => SendError::Failed(with_sources(&error)),
     }
-}
-
-/// The error with its sources (the SDK's top-level text is terse).
-fn with_sources(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

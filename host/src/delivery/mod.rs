@@ -2,18 +2,22 @@
 //!
 //! The records come from the store (`records_of`, every page); records whose
 //! `expiresAt` has passed are skipped and deleted (DynamoDB's TTL deletion
-//! lags by up to days). Each live connection gets the message through a
-//! [`ConnectionSender`]: the API Gateway Management API on AWS
-//! ([`ManagementApi`]), or the same API served by a self-hosted host.
-//! A connection the sender reports gone loses all its records (found through
-//! the connection-id index, as a DISCONNECT would).
+//! lags by up to days). The rest are grouped by where their connection lives
+//! (the record's `endpoint`, see [`Routes`]) and each group is posted where
+//! it lives, with its own bound on posts in flight: this node's sockets
+//! directly, another node through its management listener ([`nodes`]), an
+//! API Gateway stage through its Management API ([`ManagementApi`]).
+//! A connection found gone loses all its records (found through the
+//! connection-id index, as a DISCONNECT would); only its owner can say so.
 
 mod management_api;
+pub mod nodes;
 
 pub use management_api::ManagementApi;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,8 +25,9 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::retry::Backoff;
-use crate::store::{ConnectionStore, StoreError};
+use crate::store::{ConnectionRecord, ConnectionStore, StoreError};
 use crate::telemetry;
+use nodes::{ManagementToken, PeerNode, is_node_endpoint};
 
 /// API Gateway's WebSocket frame limit (128 KB); larger messages are refused
 /// before anything is sent.
@@ -31,7 +36,7 @@ pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 /// Bounds of one delivery.
 #[derive(Debug, Clone)]
 pub struct DeliveryOptions {
-    /// Posts in flight at once.
+    /// Posts in flight at once, per endpoint.
     pub concurrency: usize,
     /// Deadline of one post attempt.
     pub call_timeout: Duration,
@@ -39,6 +44,11 @@ pub struct DeliveryOptions {
     pub max_attempts: u32,
     /// Backoff between attempts.
     pub backoff: Backoff,
+    /// API Gateway's CONNECT timeout. Its 410 also answers a post that
+    /// arrives while `$connect` still runs (the records are written before
+    /// the handshake completes), so a 410 for a record younger than this
+    /// deletes nothing and counts as failed.
+    pub connect_timeout: Duration,
 }
 
 impl Default for DeliveryOptions {
@@ -51,6 +61,7 @@ impl Default for DeliveryOptions {
                 base: Duration::from_millis(50),
                 max: Duration::from_secs(1),
             },
+            connect_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -60,10 +71,15 @@ impl Default for DeliveryOptions {
 pub enum SendError {
     /// 410: the connection is closed; its records should go.
     Gone,
-    /// 403: not allowed (IAM, wrong stage); retrying will not help.
+    /// 401/403: not allowed (IAM, wrong stage, no or another management
+    /// token); retrying will not help.
     Forbidden(String),
-    /// Throttling, 5xx, a timeout or a lost connection: worth another try.
+    /// Throttling (429 included: API Gateway's full client buffer), 5xx, a
+    /// timeout or a lost connection: worth another try.
     Retryable(String),
+    /// The endpoint could not be reached at all (refused, connect timeout):
+    /// retried; once attempts run out, the rest of its group fails at once.
+    Unreachable(String),
     /// Anything else (e.g. 400, 413): not retried.
     Failed(String),
 }
@@ -76,6 +92,112 @@ pub trait ConnectionSender: Send + Sync + 'static {
     async fn post(&self, connection_id: &str, message: &Bytes) -> Result<(), SendError>;
 }
 
+/// A sender, and whether its 410 is the final word: a node knows its
+/// sockets, handshakes under way included; API Gateway does not (see
+/// [`DeliveryOptions::connect_timeout`]).
+#[derive(Clone)]
+pub struct Route {
+    pub sender: Arc<dyn ConnectionSender>,
+    pub gone_is_certain: bool,
+}
+
+/// Where each record's connection is posted, by its `endpoint`:
+/// - this node's own endpoint: its sockets;
+/// - another node's (`…/n/{incarnation}`): that node's management listener,
+///   with the management token;
+/// - an API Gateway stage (`https://{api}.execute-api.{region}.amazonaws.com/{stage}`):
+///   its Management API, one SDK client per stage;
+/// - none (records written before endpoints, or by the original handler):
+///   the fallback, `WEBSOCKET_API_ENDPOINT` or this node's sockets.
+///
+/// Anything else is counted failed and deleted nowhere.
+pub struct Routes {
+    local: Option<(String, Route)>,
+    fallback: Option<Route>,
+    token: Option<ManagementToken>,
+    peers: reqwest::Client,
+    call_timeout: Duration,
+    apis: tokio::sync::Mutex<HashMap<String, Route>>,
+}
+
+impl Routes {
+    pub fn new(call_timeout: Duration, token: Option<ManagementToken>) -> anyhow::Result<Self> {
+        Ok(Self {
+            local: None,
+            fallback: None,
+            token,
+            peers: PeerNode::client()?,
+            call_timeout,
+            apis: tokio::sync::Mutex::default(),
+        })
+    }
+
+    /// This node's sockets, under its endpoint.
+    pub fn with_local(mut self, endpoint: String, sockets: Arc<dyn ConnectionSender>) -> Self {
+        let route = Route {
+            sender: sockets,
+            gone_is_certain: true,
+        };
+        self.local = Some((endpoint, route));
+        self
+    }
+
+    /// Where records without an endpoint go.
+    pub fn with_fallback(mut self, route: Route) -> Self {
+        self.fallback = Some(route);
+        self
+    }
+
+    /// The route of one endpoint, or why there is none.
+    pub async fn route(&self, endpoint: Option<&str>) -> Result<Route, String> {
+        let Some(endpoint) = endpoint else {
+            return self.fallback.clone().ok_or_else(|| {
+                "the records name no endpoint and WEBSOCKET_API_ENDPOINT is not set".to_owned()
+            });
+        };
+        if let Some((local, route)) = &self.local
+            && local == endpoint
+        {
+            return Ok(route.clone());
+        }
+        if is_node_endpoint(endpoint) {
+            let peer = PeerNode::new(self.peers.clone(), endpoint, self.token.as_ref())
+                .map_err(|e| e.to_string())?;
+            return Ok(Route {
+                sender: Arc::new(peer),
+                gone_is_certain: true,
+            });
+        }
+        if is_execute_api(endpoint) {
+            let mut apis = self.apis.lock().await;
+            if let Some(route) = apis.get(endpoint) {
+                return Ok(route.clone());
+            }
+            let api = ManagementApi::connect(endpoint, self.call_timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let route = Route {
+                sender: Arc::new(api),
+                gone_is_certain: false,
+            };
+            apis.insert(endpoint.to_owned(), route.clone());
+            return Ok(route);
+        }
+        Err("an endpoint of no known kind (neither a node nor an API Gateway stage)".to_owned())
+    }
+}
+
+/// `https://{api-id}.execute-api.{region}.amazonaws.com/{stage}`.
+fn is_execute_api(endpoint: &str) -> bool {
+    url::Url::parse(endpoint).is_ok_and(|url| {
+        url.scheme() == "https"
+            && url.host_str().is_some_and(|host| {
+                host.contains(".execute-api.")
+                    && (host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn"))
+            })
+    })
+}
+
 /// The outcome of one delivery, counted per connection.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct DeliveryReport {
@@ -83,10 +205,20 @@ pub struct DeliveryReport {
     pub delivered: u32,
     /// Connections found gone (their records are deleted).
     pub gone: u32,
-    /// Connections the message could not reach (403, retries exhausted, …).
+    /// Connections the message could not reach (403, retries exhausted, an
+    /// unreachable node, …); their records stay.
     pub failed: u32,
     /// Records skipped because their `expiresAt` had passed (and deleted).
     pub expired: u32,
+}
+
+impl DeliveryReport {
+    fn add(&mut self, other: &DeliveryReport) {
+        self.delivered += other.delivered;
+        self.gone += other.gone;
+        self.failed += other.failed;
+        self.expired += other.expired;
+    }
 }
 
 /// Why a delivery did not start.
@@ -113,10 +245,10 @@ impl std::fmt::Display for DeliveryError {
 impl std::error::Error for DeliveryError {}
 
 /// Sends `message` to every live connection of `integration_id` (`now`:
-/// seconds since the Unix epoch, against `expiresAt`).
+/// seconds since the Unix epoch, against `expiresAt` and `connectedAt`).
 pub async fn deliver(
     store: Arc<dyn ConnectionStore>,
-    sender: Arc<dyn ConnectionSender>,
+    routes: &Routes,
     integration_id: &str,
     message: Bytes,
     now: u64,
@@ -149,29 +281,119 @@ pub async fn deliver(
         }
     }
 
-    // One post per connection (a record per group: a connection appears
-    // once per integration, but be safe), at most `concurrency` at once.
-    let connections: BTreeSet<String> = live
-        .into_iter()
-        .map(|record| record.connection_id)
-        .collect();
+    let mut groups = JoinSet::new();
+    for (endpoint, connections) in by_endpoint(live) {
+        match routes.route(endpoint.as_deref()).await {
+            Ok(route) => {
+                let (store, message, options) = (store.clone(), message.clone(), options.clone());
+                groups.spawn(async move {
+                    deliver_group(store, route, connections, message, now, &options).await
+                });
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    integration_id,
+                    endpoint = ?endpoint,
+                    connections = connections.len(),
+                    reason,
+                    "no route to these connections; counted failed, records kept"
+                );
+                report.failed += count(connections.len());
+                for _ in 0..connections.len() {
+                    telemetry::delivery("failed", None);
+                }
+            }
+        }
+    }
+    while let Some(group) = groups.join_next().await {
+        match group {
+            Ok(group) => report.add(&group),
+            Err(error) => tracing::error!(%error, "a delivery group failed"),
+        }
+    }
+    tracing::info!(
+        integration_id,
+        delivered = report.delivered,
+        gone = report.gone,
+        failed = report.failed,
+        expired = report.expired,
+        "delivered"
+    );
+    Ok(report)
+}
+
+/// Connections by endpoint, each once (a record per group: a connection
+/// appears once per integration, but be safe) with when it connected (the
+/// latest of its records, seconds; `None` when unreadable).
+fn by_endpoint(
+    records: Vec<ConnectionRecord>,
+) -> BTreeMap<Option<String>, BTreeMap<String, Option<u64>>> {
+    let mut groups: BTreeMap<Option<String>, BTreeMap<String, Option<u64>>> = BTreeMap::new();
+    for record in records {
+        let connected = connected_at_seconds(&record.connected_at);
+        let at = groups
+            .entry(record.endpoint)
+            .or_default()
+            .entry(record.connection_id)
+            .or_insert(connected);
+        *at = (*at).max(connected);
+    }
+    groups
+}
+
+/// `connectedAt` as seconds since the epoch: RFC 3339 (ours) or the
+/// original handler's epoch milliseconds.
+fn connected_at_seconds(text: &str) -> Option<u64> {
+    if let Ok(millis) = text.parse::<u64>() {
+        return Some(millis / 1000);
+    }
+    humantime::parse_rfc3339_weak(text)
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|since| since.as_secs())
+}
+
+/// One endpoint's connections, at most `concurrency` posts at once.
+async fn deliver_group(
+    store: Arc<dyn ConnectionStore>,
+    route: Route,
+    connections: BTreeMap<String, Option<u64>>,
+    message: Bytes,
+    now: u64,
+    options: &DeliveryOptions,
+) -> DeliveryReport {
+    let mut report = DeliveryReport::default();
+    let unreachable = Arc::new(AtomicBool::new(false));
     let mut pending = connections.into_iter();
     let mut in_flight = JoinSet::new();
     loop {
         while in_flight.len() < options.concurrency.max(1) {
-            let Some(connection_id) = pending.next() else {
+            let Some((connection_id, connected_at)) = pending.next() else {
                 break;
             };
-            let (store, sender, message, options) = (
+            // A 410 we cannot trust for a connection that may still be
+            // completing its CONNECT (an unreadable time counts as old).
+            let young = !route.gone_is_certain
+                && connected_at
+                    .is_some_and(|at| now < at.saturating_add(options.connect_timeout.as_secs()));
+            let (store, sender, message, options, unreachable) = (
                 store.clone(),
-                sender.clone(),
+                route.sender.clone(),
                 message.clone(),
                 options.clone(),
+                unreachable.clone(),
             );
             in_flight.spawn(async move {
                 let started = std::time::Instant::now();
-                let outcome =
-                    deliver_to(&*store, &*sender, &connection_id, &message, &options).await;
+                let post = Post {
+                    store: &*store,
+                    sender: &*sender,
+                    options: &options,
+                    unreachable: &unreachable,
+                    young,
+                };
+                let outcome = post.deliver_to(&connection_id, &message).await;
                 (outcome, started.elapsed())
             });
         }
@@ -201,15 +423,7 @@ pub async fn deliver(
         };
         telemetry::delivery(label, elapsed);
     }
-    tracing::info!(
-        integration_id,
-        delivered = report.delivered,
-        gone = report.gone,
-        failed = report.failed,
-        expired = report.expired,
-        "delivered"
-    );
-    Ok(report)
+    report
 }
 
 enum Outcome {
@@ -218,20 +432,32 @@ enum Outcome {
     Failed,
 }
 
-/// One connection: post with retries; when gone, delete all its records.
-async fn deliver_to(
-    store: &dyn ConnectionStore,
-    sender: &dyn ConnectionSender,
-    connection_id: &str,
-    message: &Bytes,
-    options: &DeliveryOptions,
-) -> Outcome {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let result =
-            match tokio::time::timeout(options.call_timeout, sender.post(connection_id, message))
-                .await
+/// What one connection's post needs.
+struct Post<'a> {
+    store: &'a dyn ConnectionStore,
+    sender: &'a dyn ConnectionSender,
+    options: &'a DeliveryOptions,
+    /// Set once the endpoint was found unreachable: the rest fail at once.
+    unreachable: &'a AtomicBool,
+    /// Its 410 would not be final (see [`DeliveryOptions::connect_timeout`]).
+    young: bool,
+}
+
+impl Post<'_> {
+    /// Post with retries; when gone, delete all the connection's records.
+    async fn deliver_to(&self, connection_id: &str, message: &Bytes) -> Outcome {
+        let options = self.options;
+        let mut attempt = 0;
+        loop {
+            if self.unreachable.load(Ordering::Relaxed) {
+                return Outcome::Failed;
+            }
+            attempt += 1;
+            let result = match tokio::time::timeout(
+                options.call_timeout,
+                self.sender.post(connection_id, message),
+            )
+            .await
             {
                 Ok(result) => result,
                 Err(_) => Err(SendError::Retryable(format!(
@@ -239,39 +465,53 @@ async fn deliver_to(
                     options.call_timeout
                 ))),
             };
-        match result {
-            Ok(()) => return Outcome::Delivered,
-            Err(SendError::Gone) => {
-                remove_connection(store, connection_id).await;
-                return Outcome::Gone;
-            }
-            Err(SendError::Forbidden(reason)) => {
-                tracing::error!(
-                    connection_id,
-                    reason = reason.as_str(),
-                    "post refused (403); not retried"
-                );
-                return Outcome::Failed;
-            }
-            Err(SendError::Failed(reason)) => {
-                tracing::warn!(
-                    connection_id,
-                    reason = reason.as_str(),
-                    "post failed; not retried"
-                );
-                return Outcome::Failed;
-            }
-            Err(SendError::Retryable(reason)) if attempt >= options.max_attempts => {
-                tracing::warn!(
-                    connection_id,
-                    reason = reason.as_str(),
-                    attempt,
-                    "post failed; attempts exhausted"
-                );
-                return Outcome::Failed;
-            }
-            Err(SendError::Retryable(_)) => {
-                tokio::time::sleep(options.backoff.delay(attempt)).await;
+            let unreachable = matches!(result, Err(SendError::Unreachable(_)));
+            match result {
+                Ok(()) => return Outcome::Delivered,
+                Err(SendError::Gone) if self.young => {
+                    tracing::info!(
+                        connection_id,
+                        "410 for a connection made within the CONNECT timeout; records kept"
+                    );
+                    return Outcome::Failed;
+                }
+                Err(SendError::Gone) => {
+                    remove_connection(self.store, connection_id).await;
+                    return Outcome::Gone;
+                }
+                Err(SendError::Forbidden(reason)) => {
+                    tracing::error!(
+                        connection_id,
+                        reason = reason.as_str(),
+                        "post refused; not retried"
+                    );
+                    return Outcome::Failed;
+                }
+                Err(SendError::Failed(reason)) => {
+                    tracing::warn!(
+                        connection_id,
+                        reason = reason.as_str(),
+                        "post failed; not retried"
+                    );
+                    return Outcome::Failed;
+                }
+                Err(SendError::Retryable(reason) | SendError::Unreachable(reason))
+                    if attempt >= options.max_attempts =>
+                {
+                    if unreachable {
+                        self.unreachable.store(true, Ordering::Relaxed);
+                    }
+                    tracing::warn!(
+                        connection_id,
+                        reason = reason.as_str(),
+                        attempt,
+                        "post failed; attempts exhausted"
+                    );
+                    return Outcome::Failed;
+                }
+                Err(SendError::Retryable(_) | SendError::Unreachable(_)) => {
+                    tokio::time::sleep(options.backoff.delay(attempt)).await;
+                }
             }
         }
     }
@@ -290,6 +530,19 @@ async fn remove_connection(store: &dyn ConnectionStore, connection_id: &str) {
             tracing::warn!(connection_id, %error, "connection gone; its records could not be deleted")
         }
     }
+}
+
+/// An error with its sources (the SDK's and reqwest's top-level texts are
+/// terse).
+pub(crate) fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn count(n: usize) -> u32 {
@@ -351,7 +604,18 @@ mod tests {
             sub: "user".into(),
             connected_at: "2027-01-15T08:00:00Z".into(),
             expires_at,
+            endpoint: None,
         }
+    }
+
+    /// Every record (they name no endpoint) to `sender`, whose 410 is final.
+    fn fallback(sender: Arc<dyn ConnectionSender>) -> Routes {
+        Routes::new(Duration::from_secs(1), None)
+            .unwrap()
+            .with_fallback(Route {
+                sender,
+                gone_is_certain: true,
+            })
     }
 
     fn fast() -> DeliveryOptions {
@@ -363,6 +627,7 @@ mod tests {
                 base: Duration::from_millis(1),
                 max: Duration::from_millis(5),
             },
+            connect_timeout: Duration::from_secs(30),
         }
     }
 
@@ -406,7 +671,7 @@ mod tests {
 
         let report = deliver(
             store.clone(),
-            sender.clone(),
+            &fallback(sender.clone()),
             "acme",
             Bytes::from_static(b"{\"event\":1}"),
             *NOW,
@@ -509,7 +774,7 @@ mod tests {
         };
         let report = deliver(
             store,
-            sender.clone(),
+            &fallback(sender.clone()),
             "acme",
             Bytes::from_static(b"x"),
             *NOW,
@@ -527,7 +792,7 @@ mod tests {
         let sender = Arc::new(ScriptedSender::default());
         let error = deliver(
             store,
-            sender.clone(),
+            &fallback(sender.clone()),
             "acme",
             Bytes::from(vec![b'x'; MAX_MESSAGE_BYTES + 1]),
             *NOW,
@@ -546,7 +811,7 @@ mod tests {
         let store = store_with(&[record("acme", "c", *NOW + 60)]).await;
         let report = deliver(
             store,
-            sender,
+            &fallback(sender),
             "acme",
             Bytes::from(vec![b'x'; MAX_MESSAGE_BYTES]),
             *NOW,
@@ -555,5 +820,191 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(report.delivered, 1);
+    }
+
+    fn connected(mut record: ConnectionRecord, seconds_ago: u64) -> ConnectionRecord {
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(*NOW - seconds_ago);
+        record.connected_at = humantime::format_rfc3339_seconds(at).to_string();
+        record
+    }
+
+    #[tokio::test]
+    async fn an_uncertain_410_keeps_the_records_of_a_connection_younger_than_the_connect_timeout() {
+        let store = store_with(&[
+            connected(record("acme", "just-connected", *NOW + 60), 5),
+            connected(record("acme", "long-gone", *NOW + 60), 60),
+            // The original handler's epoch milliseconds, long ago.
+            ConnectionRecord {
+                connected_at: "1700000000000".into(),
+                ..record("acme", "original", *NOW + 60)
+            },
+        ])
+        .await;
+        let gone = || vec![Answer::Send(Err(SendError::Gone))];
+        let sender = Arc::new(ScriptedSender {
+            script: HashMap::from([
+                ("just-connected".into(), gone()),
+                ("long-gone".into(), gone()),
+                ("original".into(), gone()),
+            ]),
+            ..ScriptedSender::default()
+        });
+        // API Gateway's kind of 410: it may mean "$connect still running".
+        let routes = Routes::new(Duration::from_secs(1), None)
+            .unwrap()
+            .with_fallback(Route {
+                sender: sender.clone(),
+                gone_is_certain: false,
+            });
+        let report = deliver(
+            store.clone(),
+            &routes,
+            "acme",
+            Bytes::from_static(b"x"),
+            *NOW,
+            &fast(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            report,
+            DeliveryReport {
+                delivered: 0,
+                gone: 2,
+                failed: 1,
+                expired: 0
+            }
+        );
+        let left: Vec<String> = store
+            .snapshot()
+            .into_iter()
+            .map(|r| r.connection_id)
+            .collect();
+        assert_eq!(left, ["just-connected"]);
+
+        // From a sender whose 410 is final (a node), young or not, it goes.
+        let report = deliver(
+            store.clone(),
+            &fallback(sender),
+            "acme",
+            Bytes::from_static(b"x"),
+            *NOW,
+            &fast(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.gone, 1);
+        assert!(store.snapshot().is_empty());
+    }
+
+    #[tokio::test]
+    async fn records_go_where_their_endpoint_says_and_an_unknown_kind_is_failed_and_kept() {
+        let local = "http://127.0.0.1:8082/n/0123456789abcdef";
+        let with = |mut record: ConnectionRecord, endpoint: &str| {
+            record.endpoint = Some(endpoint.into());
+            record
+        };
+        let store = store_with(&[
+            with(record("acme", "here-1", *NOW + 60), local),
+            with(record("acme", "here-2", *NOW + 60), local),
+            record("acme", "no-endpoint", *NOW + 60),
+            with(record("acme", "odd", *NOW + 60), "ftp://somewhere/else"),
+        ])
+        .await;
+        let here = Arc::new(ScriptedSender::default());
+        let default = Arc::new(ScriptedSender::default());
+        let routes = Routes::new(Duration::from_secs(1), None)
+            .unwrap()
+            .with_local(local.into(), here.clone())
+            .with_fallback(Route {
+                sender: default.clone(),
+                gone_is_certain: true,
+            });
+        let report = deliver(
+            store.clone(),
+            &routes,
+            "acme",
+            Bytes::from_static(b"x"),
+            *NOW,
+            &fast(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            report,
+            DeliveryReport {
+                delivered: 3,
+                gone: 0,
+                failed: 1,
+                expired: 0
+            }
+        );
+        let ids = |sender: &ScriptedSender| {
+            let mut ids: Vec<String> = sender
+                .posts
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&here), ["here-1", "here-2"]);
+        assert_eq!(ids(&default), ["no-endpoint"]);
+        assert_eq!(store.snapshot().len(), 4, "nothing deleted");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_fails_its_group_fast_and_deletes_nothing() {
+        #[derive(Default)]
+        struct Refusing {
+            posts: Mutex<usize>,
+        }
+        #[async_trait::async_trait]
+        impl ConnectionSender for Refusing {
+            async fn post(&self, _: &str, _: &Bytes) -> Result<(), SendError> {
+                *self.posts.lock().unwrap() += 1;
+                Err(SendError::Unreachable("connection refused".into()))
+            }
+        }
+        let records: Vec<_> = (0..50)
+            .map(|i| record("acme", &format!("c{i}"), *NOW + 60))
+            .collect();
+        let store = store_with(&records).await;
+        let sender = Arc::new(Refusing::default());
+        let report = deliver(
+            store.clone(),
+            &fallback(sender.clone()),
+            "acme",
+            Bytes::from_static(b"x"),
+            *NOW,
+            &fast(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.failed, 50);
+        assert_eq!(store.snapshot().len(), 50, "nothing deleted");
+        let posts = *sender.posts.lock().unwrap();
+        // The first `concurrency` connections use their attempts; the rest
+        // see the endpoint marked unreachable (a few may race one attempt).
+        assert!(posts <= 4 * 3 + 4, "{posts} posts for 50 connections");
+    }
+
+    #[test]
+    fn execute_api_endpoints_are_recognised() {
+        assert!(is_execute_api(
+            "https://abc123.execute-api.eu-west-1.amazonaws.com/prod"
+        ));
+        assert!(!is_execute_api(
+            "http://abc123.execute-api.eu-west-1.amazonaws.com/prod"
+        ));
+        assert!(!is_execute_api("https://example.com/prod"));
+        assert_eq!(
+            connected_at_seconds("2027-01-15T08:00:00Z"),
+            Some(1800000000)
+        );
+        assert_eq!(connected_at_seconds("1800000000000"), Some(1800000000));
+        assert_eq!(connected_at_seconds("yesterday"), None);
     }
 }

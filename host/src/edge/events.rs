@@ -4,7 +4,8 @@
 //! `handle-event` and Lambda.
 
 use gitgazer_ws_event::{
-    BEARER_PROTOCOL, Route, SEC_WEBSOCKET_PROTOCOL, route, unhandled_event_type,
+    BEARER_PROTOCOL, Route, SEC_WEBSOCKET_PROTOCOL, execute_api_endpoint, route,
+    unhandled_event_type,
 };
 pub use gitgazer_ws_event::{Event, ProxyResponse, decode_event, decode_event_value};
 
@@ -38,9 +39,17 @@ pub async fn handle_event(
             id_token,
             bearer,
         } => {
+            // Where delivery reaches this connection: its stage's
+            // Management API, in the region this code runs in (Lambda sets
+            // AWS_REGION; an API and its function share a region, save for
+            // rare cross-region integrations, whose records then go unrouted).
+            let endpoint = std::env::var("AWS_REGION")
+                .ok()
+                .and_then(|region| execute_api_endpoint(event, &region));
             let mut response: ProxyResponse = handler
-                .connect(&request_id, connection_id, id_token)
+                .connect_as(&request_id, connection_id, id_token, endpoint.as_deref())
                 .await
+                .0
                 .into();
             if bearer && response.status_code == 200 {
                 // API Gateway passes this to the client's handshake.

@@ -22,9 +22,8 @@ use super::events::handle_event_json;
 use super::http_status;
 use super::websocket::{self, Sockets};
 use crate::clock::unix_now;
-use crate::delivery::{
-    self, ConnectionSender, DeliveryError, DeliveryOptions, MAX_MESSAGE_BYTES, SendError,
-};
+use crate::delivery::nodes::Node;
+use crate::delivery::{self, DeliveryError, DeliveryOptions, MAX_MESSAGE_BYTES, Routes, SendError};
 use crate::dev::{DevClaims, DevSigner};
 use crate::service::{Handler, new_request_id};
 use crate::telemetry::{self, Gauges};
@@ -44,9 +43,12 @@ pub struct AppState {
     pub dev: Option<Arc<DevSigner>>,
     /// The self-hosted WebSocket endpoint's open sockets.
     pub sockets: Arc<Sockets>,
-    /// Where `POST /integrations/{id}/events` delivers: these sockets, or
-    /// the API Gateway Management API when WEBSOCKET_API_ENDPOINT is set.
-    pub sender: Arc<dyn ConnectionSender>,
+    /// This node among others: its endpoint, incarnation and management
+    /// token.
+    pub node: Arc<Node>,
+    /// Where `POST /integrations/{id}/events` posts each record's
+    /// connection (by its endpoint).
+    pub routes: Arc<Routes>,
     /// Renders `GET /metrics`; `None` when no recorder is installed.
     pub metrics: Option<PrometheusHandle>,
 }
@@ -69,15 +71,21 @@ pub fn public_app(state: AppState) -> Router {
 }
 
 /// The management listener: delivery, the Management API shape for this
-/// host's sockets, status, and in Cognito mode the test routes. A peer
-/// address is no identity on the public port (a reverse proxy on the same
-/// host makes every request loopback), so none of this is served there;
-/// here it answers loopback peers only.
+/// host's sockets (also under `/n/{incarnation}`, the path other nodes
+/// use), status, and in Cognito mode the test routes. A peer address is no
+/// identity on the public port (a reverse proxy on the same host makes
+/// every request loopback), so none of this is served there. Here it
+/// answers loopback peers only, or, with a management token, every request
+/// that carries it (loopback included).
 pub fn management_app(state: AppState) -> Router {
     let mut router = Router::new()
         .route(
             "/@connections/{connection_id}",
             post(post_to_connection).delete(delete_connection),
+        )
+        .route(
+            "/n/{incarnation}/@connections/{connection_id}",
+            post(post_to_incarnation).delete(delete_in_incarnation),
         )
         .route("/integrations/{integration_id}/events", post(deliver_event))
         .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
@@ -88,7 +96,10 @@ pub fn management_app(state: AppState) -> Router {
         router = router.merge(test_routes());
     }
     router
-        .layer(middleware::from_fn(loopback_only))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            admit_management,
+        ))
         .layer(middleware::from_fn(access_log))
         .with_state(state)
 }
@@ -124,6 +135,7 @@ async fn websocket(
         upgrade,
         &headers,
         params.id_token,
+        state.node.endpoint(),
     )
     .await
 }
@@ -150,6 +162,29 @@ async fn delete_connection(
     management_reply(result, StatusCode::NO_CONTENT)
 }
 
+/// A post from another node: as `/@connections/{id}` for this incarnation;
+/// 410 for an earlier one (its sockets died with its process).
+async fn post_to_incarnation(
+    State(state): State<AppState>,
+    Path((incarnation, connection_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    if incarnation != state.node.incarnation() {
+        return management_reply(Err(SendError::Gone), StatusCode::OK);
+    }
+    post_to_connection(State(state), Path(connection_id), body).await
+}
+
+async fn delete_in_incarnation(
+    State(state): State<AppState>,
+    Path((incarnation, connection_id)): Path<(String, String)>,
+) -> Response {
+    if incarnation != state.node.incarnation() {
+        return management_reply(Err(SendError::Gone), StatusCode::OK);
+    }
+    delete_connection(State(state), Path(connection_id)).await
+}
+
 /// API Gateway's error shape: `{"message": …}`.
 fn management_reply(result: Result<(), SendError>, ok: StatusCode) -> Response {
     let (status, message) = match result {
@@ -157,7 +192,9 @@ fn management_reply(result: Result<(), SendError>, ok: StatusCode) -> Response {
         Err(SendError::Gone) => (StatusCode::GONE, "Gone".to_owned()),
         Err(SendError::Failed(reason)) => (StatusCode::PAYLOAD_TOO_LARGE, reason),
         Err(SendError::Forbidden(reason)) => (StatusCode::FORBIDDEN, reason),
-        Err(SendError::Retryable(reason)) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+        Err(SendError::Retryable(reason) | SendError::Unreachable(reason)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, reason)
+        }
     };
     (
         status,
@@ -175,7 +212,7 @@ async fn deliver_event(
 ) -> Response {
     let result = delivery::deliver(
         state.handler.store(),
-        state.sender.clone(),
+        &state.routes,
         &integration_id,
         body,
         unix_now(),
@@ -203,6 +240,27 @@ pub fn is_loopback(ip: IpAddr) -> bool {
             v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
     }
+}
+
+/// With a management token: 401 for a request without it (loopback too).
+/// Without one: loopback peers only.
+async fn admit_management(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(token) = state.node.token() else {
+        return loopback_only(request, next).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|value| value.as_bytes());
+    if !token.admits(presented) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(serde_json::json!({ "message": "Unauthorized" })),
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// 403 for any peer but loopback (and when the peer is unknown).

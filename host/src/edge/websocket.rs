@@ -123,6 +123,26 @@ struct SocketHandle {
     close: Arc<watch::Sender<Option<ServerClose>>>,
 }
 
+/// A connection registered before its CONNECT (see [`Sockets::register`]):
+/// the receiving ends of its queue and close signal.
+pub struct Registration {
+    sockets: Arc<Sockets>,
+    connection_id: String,
+    outgoing: mpsc::UnboundedReceiver<Bytes>,
+    queued_bytes: Arc<AtomicUsize>,
+    closed: watch::Receiver<Option<ServerClose>>,
+    /// Taken over by the socket; else unregistered on drop.
+    served: bool,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if !self.served {
+            self.sockets.remove(&self.connection_id);
+        }
+    }
+}
+
 /// One of `max_connections`, held from before the CONNECT decision until the
 /// socket's DISCONNECT has run; released when dropped.
 pub struct Slot {
@@ -232,13 +252,34 @@ impl Sockets {
         self.lock().remove(connection_id)
     }
 
-    /// Registers an upgraded socket; during shutdown it is ended at once.
-    fn insert(&self, connection_id: &str, handle: SocketHandle) {
+    /// Registers a connection before its CONNECT stores records, so that a
+    /// delivery that reads them during the handshake queues its message
+    /// (sent once the socket opens) instead of finding the connection gone
+    /// and deleting its records. Unregistered when the [`Registration`] is
+    /// dropped unserved (CONNECT refused, upgrade failed). During shutdown
+    /// the connection is ended at once.
+    pub fn register(self: &Arc<Self>, connection_id: &str) -> Registration {
+        let (queue, outgoing) = mpsc::unbounded_channel::<Bytes>();
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let (close, closed) = watch::channel(None);
+        let handle = SocketHandle {
+            queue,
+            queued_bytes: queued_bytes.clone(),
+            close: Arc::new(close),
+        };
         self.lock().insert(connection_id.to_owned(), handle.clone());
         // After the insert: `close_all` closes the slots before it takes the
         // lock, so it either saw this socket or this sees them closed.
         if self.slots.is_closed() {
             Self::end(&handle, ServerClose::Shutdown);
+        }
+        Registration {
+            sockets: self.clone(),
+            connection_id: connection_id.to_owned(),
+            outgoing,
+            queued_bytes,
+            closed,
+            served: false,
         }
     }
 
@@ -346,6 +387,7 @@ pub async fn upgrade(
     upgrade: WebSocketUpgrade,
     headers: &HeaderMap,
     query_token: Option<String>,
+    endpoint: String,
 ) -> Response {
     let mut slot = match sockets.reserve() {
         Ok(slot) => slot,
@@ -353,8 +395,14 @@ pub async fn upgrade(
     };
     let (token, bearer) = upgrade_token(headers, query_token);
     let connection_id = new_connection_id();
+    let registration = sockets.register(&connection_id);
     let (reply, sub): (PolicyResponse, _) = handler
-        .connect_as(&new_request_id(), &connection_id, token.as_deref())
+        .connect_as(
+            &new_request_id(),
+            &connection_id,
+            token.as_deref(),
+            Some(&endpoint),
+        )
         .await;
     if reply.status != 200 {
         return reply.into_response();
@@ -384,7 +432,7 @@ pub async fn upgrade(
                 handler.disconnect(&new_request_id(), &connection_id).await;
             });
         })
-        .on_upgrade(move |socket| serve_socket(socket, connection_id, handler, slot))
+        .on_upgrade(move |socket| serve_socket(socket, registration, handler, slot))
 }
 
 /// An API Gateway-like connection id: 12 random bytes, URL-safe base64.
@@ -393,20 +441,25 @@ fn new_connection_id() -> String {
     URL_SAFE_NO_PAD.encode(&uuid.as_bytes()[..12])
 }
 
-async fn serve_socket(mut socket: WebSocket, connection_id: String, handler: Handler, slot: Slot) {
+async fn serve_socket(
+    mut socket: WebSocket,
+    mut registration: Registration,
+    handler: Handler,
+    slot: Slot,
+) {
     let sockets = slot.sockets.clone();
     let limits = sockets.limits.clone();
-    let (queue, mut outgoing) = mpsc::unbounded_channel::<Bytes>();
-    let queued_bytes = Arc::new(AtomicUsize::new(0));
-    let (close, mut closed) = watch::channel(None);
-    sockets.insert(
-        &connection_id,
-        SocketHandle {
-            queue,
-            queued_bytes: queued_bytes.clone(),
-            close: Arc::new(close),
-        },
-    );
+    registration.served = true;
+    let connection_id = std::mem::take(&mut registration.connection_id);
+    let (mut outgoing, queued_bytes, mut closed) = {
+        let (_, rx) = mpsc::unbounded_channel();
+        (
+            std::mem::replace(&mut registration.outgoing, rx),
+            registration.queued_bytes.clone(),
+            registration.closed.clone(),
+        )
+    };
+    drop(registration);
     tracing::debug!(connection_id, "socket open");
     telemetry::socket_opened();
 
@@ -602,22 +655,13 @@ mod tests {
             send_queue_bytes: 3 * (1000 + QUEUED_MESSAGE_OVERHEAD),
             ..SocketLimits::default()
         });
-        let (queue, mut outgoing) = mpsc::unbounded_channel();
-        let (close, closed) = watch::channel(None);
-        sockets.insert(
-            "c1",
-            SocketHandle {
-                queue,
-                queued_bytes: Arc::new(AtomicUsize::new(0)),
-                close: Arc::new(close),
-            },
-        );
+        let mut registration = sockets.register("c1");
         let message = Bytes::from(vec![b'x'; 1000]);
         for _ in 0..3 {
             sockets.send("c1", &message).unwrap();
         }
         assert!(matches!(sockets.send("c1", &message), Err(SendError::Gone)));
-        assert_eq!(*closed.borrow(), Some(ServerClose::SlowReader));
+        assert_eq!(*registration.closed.borrow(), Some(ServerClose::SlowReader));
         assert!(sockets.is_empty());
         assert!(matches!(
             sockets.send("c1", &Bytes::from_static(b"x")),
@@ -625,9 +669,31 @@ mod tests {
         ));
         // What was queued before stays queued; nothing after.
         let mut queued = 0;
-        while outgoing.try_recv().is_ok() {
+        while registration.outgoing.try_recv().is_ok() {
             queued += 1;
         }
         assert_eq!(queued, 3);
+    }
+
+    /// A delivery that reads a connection's records while its CONNECT and
+    /// handshake are under way must not find it gone (and delete them).
+    #[test]
+    fn a_connection_is_reachable_from_before_its_connect_until_its_registration_is_dropped() {
+        let sockets = Sockets::new(SocketLimits::default());
+        let mut registration = sockets.register("handshaking");
+        sockets
+            .send("handshaking", &Bytes::from_static(b"early"))
+            .expect("queued while the handshake runs");
+        assert_eq!(
+            registration.outgoing.try_recv().ok(),
+            Some(Bytes::from_static(b"early"))
+        );
+        // Refused or failed upgrade: dropped unserved, gone again.
+        drop(registration);
+        assert!(matches!(
+            sockets.send("handshaking", &Bytes::from_static(b"late")),
+            Err(SendError::Gone)
+        ));
+        assert!(sockets.is_empty());
     }
 }
