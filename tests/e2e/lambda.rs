@@ -306,7 +306,7 @@ async fn the_packaged_bootstrap_serves_events_and_survives_a_malformed_one() {
             proxy(200, "No records to disconnect."),
         ),
     ];
-    for (event, expected) in outcomes {
+    for (n, (event, expected)) in outcomes.into_iter().enumerate() {
         let outcome = emulator.invoke(event).await;
         let Outcome::Response(response) = outcome else {
             panic!("the function reported an error: {outcome:?}");
@@ -315,6 +315,12 @@ async fn the_packaged_bootstrap_serves_events_and_survives_a_malformed_one() {
             assert_eq!(response["statusCode"], 400, "{response}");
         } else {
             assert_eq!(response, expected);
+        }
+        if n == 0 {
+            // The CONNECT's records say where delivery reaches it: the
+            // stage's Management API, from the event's apiId and stage.
+            let stage = format!("https://gy415nuibc.execute-api.{REGION}.amazonaws.com/testStage");
+            assert_eq!(stored_endpoints(&env, "conn-1=").await, [stage.as_str(); 2]);
         }
     }
     assert!(child.try_wait().unwrap().is_none(), "bootstrap exited");
@@ -346,6 +352,39 @@ async fn the_packaged_bootstrap_serves_events_and_survives_a_malformed_one() {
         "the token leaked:\n{logs}"
     );
     assert_emf_per_invocation(&metrics_reader.join().unwrap());
+}
+
+/// The `endpoint` attribute of each of a connection's records, read from the
+/// table the function's environment names.
+async fn stored_endpoints(env: &[(&str, &str)], connection_id: &str) -> Vec<String> {
+    let var = |name: &str| {
+        env.iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| *value)
+            .unwrap_or_else(|| panic!("{name} in the function's environment"))
+    };
+    let items = crate::support::client(var("AWS_ENDPOINT_URL_DYNAMODB"))
+        .scan()
+        .table_name(var("TABLE_NAME"))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("scan")
+        .items
+        .unwrap_or_default();
+    items
+        .iter()
+        .filter(|item| {
+            item.get("connectionId")
+                == Some(&aws_sdk_dynamodb::types::AttributeValue::S(
+                    connection_id.into(),
+                ))
+        })
+        .map(|item| match item.get("endpoint") {
+            Some(aws_sdk_dynamodb::types::AttributeValue::S(endpoint)) => endpoint.clone(),
+            other => panic!("endpoint: {other:?}"),
+        })
+        .collect()
 }
 
 /// Stdout holds one CloudWatch EMF document per invocation that recorded

@@ -23,6 +23,7 @@ mod http_limits;
 mod lambda;
 mod load_faults;
 mod logs;
+mod nodes;
 mod observability;
 mod shutdown;
 mod store_faults;

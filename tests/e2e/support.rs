@@ -140,16 +140,33 @@ pub async fn put_record(
     connection: &str,
     expires_at: u64,
 ) {
+    put_record_connected_at(
+        client,
+        table,
+        integration,
+        connection,
+        expires_at,
+        "2026-11-27T00:00:00Z",
+    )
+    .await;
+}
+
+/// [`put_record`] with its `connectedAt` (RFC 3339).
+pub async fn put_record_connected_at(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    integration: &str,
+    connection: &str,
+    expires_at: u64,
+    connected_at: &str,
+) {
     client
         .put_item()
         .table_name(table)
         .item("integrationId", AttributeValue::S(integration.into()))
         .item("connectionId", AttributeValue::S(connection.into()))
         .item("sub", AttributeValue::S("ghost".into()))
-        .item(
-            "connectedAt",
-            AttributeValue::S("2026-11-27T00:00:00Z".into()),
-        )
+        .item("connectedAt", AttributeValue::S(connected_at.into()))
         .item("expiresAt", AttributeValue::N(expires_at.to_string()))
         .send()
         .await

@@ -18,7 +18,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::support::{Fixture, client, keys, put_record, scan, wait_for_table};
+use crate::support::{
+    Fixture, client, keys, put_record, put_record_connected_at, scan, wait_for_table,
+};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -69,7 +71,8 @@ async fn next_text(socket: &mut Socket, wait: Duration) -> Option<String> {
     }
 }
 
-/// Runs `gitgazer-ws deliver` against the host's own Management API.
+/// Runs `gitgazer-ws deliver` against the host's own Management API; it
+/// must succeed.
 fn deliver(
     fixture: &Fixture,
     endpoint: &str,
@@ -77,6 +80,19 @@ fn deliver(
     integration: &str,
     message: &str,
 ) -> serde_json::Value {
+    let (code, report) = deliver_exit(fixture, endpoint, table, integration, message);
+    assert_eq!(code, Some(0), "deliver failed: {report}");
+    report
+}
+
+/// `gitgazer-ws deliver`'s exit code and report.
+fn deliver_exit(
+    fixture: &Fixture,
+    endpoint: &str,
+    table: &str,
+    integration: &str,
+    message: &str,
+) -> (Option<i32>, serde_json::Value) {
     let file = std::env::temp_dir().join(format!(
         "gitgazer-ws-message-{}-{integration}",
         std::process::id()
@@ -92,13 +108,14 @@ fn deliver(
         .output()
         .unwrap();
     std::fs::remove_file(&file).ok();
-    assert!(
-        output.status.success(),
-        "deliver failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("one line of JSON")
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "deliver printed no report: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code(), report)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -901,4 +918,41 @@ async fn deliver_exits_1_when_posts_fail_and_2_when_it_cannot_start() {
     assert_eq!(output.status.code(), Some(2), "no table: {output:?}");
     assert!(output.stdout.is_empty(), "{output:?}");
     assert_eq!(posts.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// API Gateway answers 410 also while a connection's `$connect` still runs
+/// (its records are already written). A delivery through the Management API
+/// (`WEBSOCKET_API_ENDPOINT`) that meets a 410 for a connection made within
+/// the CONNECT timeout keeps its records and counts it failed; an older
+/// one's records go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_racing_a_connect_keeps_the_new_connections_records() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-race");
+    create_table(&endpoint, &table);
+    let fixture = Fixture::start(&endpoint, &table, &[]);
+    let dynamo = client(&endpoint);
+    let just_now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    put_record_connected_at(
+        &dynamo,
+        &table,
+        "acme",
+        "connecting",
+        unix_now() + 3600,
+        &just_now,
+    )
+    .await;
+    put_record(&dynamo, &table, "acme", "long-gone", unix_now() + 3600).await;
+    let (code, report) = deliver_exit(&fixture, &endpoint, &table, "acme", "{\"n\":1}");
+    assert_eq!(
+        report,
+        serde_json::json!({"delivered": 0, "gone": 1, "failed": 1, "expired": 0})
+    );
+    assert_eq!(code, Some(1), "a failed connection is exit 1");
+    let left: Vec<String> = scan(&endpoint, &table)
+        .await
+        .into_iter()
+        .map(|(_, connection, _, _)| connection)
+        .collect();
+    assert_eq!(left, ["connecting"]);
 }

@@ -49,9 +49,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `serve --port 0` (and the management listener on a free
+    /// Starts `serve` on a free port (and the management listener on a free
     /// loopback port) with the given env (over a clean slate of the handler's
-    /// own variables) and waits until both listen.
+    /// own variables; `PORT` and `MANAGEMENT_BIND` in it win) and waits until
+    /// both listen.
     pub fn start(env: &[(&str, &str)]) -> Server {
         Self::start_with_args(env, &[])
     }
@@ -88,13 +89,17 @@ impl Server {
             "DYNAMO_DB_TABLE_CONNECTIONS_CONNECTION_ID_INDEX",
             "PORT",
             "RUST_LOG",
+            "ADVERTISE_URL",
+            "MANAGEMENT_TOKEN",
+            "WEBSOCKET_API_ENDPOINT",
         ] {
             command.env_remove(var);
         }
         command
-            .args(["--log-format", "json", "serve", "--port", "0"])
+            .args(["--log-format", "json", "serve"])
             .args(args)
             .env("GITGAZER_WS_CACHE_DIR", test_cache_dir())
+            .env("PORT", "0")
             .env("MANAGEMENT_BIND", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -188,6 +193,12 @@ impl Server {
             .status()
             .expect("running kill");
         assert!(status.success());
+    }
+
+    /// SIGKILL, as a crash would: nothing of the process runs after it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaping the killed server");
     }
 
     /// Waits (bounded) for the process to exit; `None` if it is still running.
