@@ -34,7 +34,7 @@ const edge :Workerd.Worker = (
     (name = "policy.core2.wasm", wasm = embed "dist/policy.core2.wasm"),
     (name = "policy.core3.wasm", wasm = embed "dist/policy.core3.wasm"),
   ],
-  compatibilityDate = "2026-11-01",
+  compatibilityDate = "2026-05-01",
   bindings = [
     (name = "AWS_REGION", fromEnvironment = "AWS_REGION"),
     (name = "COGNITO_USER_POOL_ID", fromEnvironment = "COGNITO_USER_POOL_ID"),

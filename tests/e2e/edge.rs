@@ -105,6 +105,56 @@ fn the_edge_runs_the_component_the_host_embeds_byte_for_byte() {
     assert_eq!(core_modules, 3, "the policy's three core modules");
 }
 
+/// The quoted values assigned to `key` in a config file (`key = "VALUE"` in
+/// wrangler.toml, also in comments; `(…, key = "VALUE")` in workerd.capnp).
+fn quoted_values(config: &str, key: &str) -> Vec<String> {
+    let mut values = Vec::new();
+    for line in config.lines() {
+        for (at, _) in line.match_indices(key) {
+            let starts_word = line[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|c| " (#,".contains(c));
+            let assigned = line[at + key.len()..].trim_start().strip_prefix('=');
+            if let (true, Some(rest)) = (starts_word, assigned)
+                && let Some(value) = rest.trim_start().strip_prefix('"')
+                && let Some((value, _)) = value.split_once('"')
+            {
+                values.push(value.to_owned());
+            }
+        }
+    }
+    values
+}
+
+// wrangler cannot deploy here (no account), so what it would deploy is
+// checked against what workerd runs: the same main module and compatibility
+// date, the core modules as compiled wasm, and every variable the Worker
+// reads named for the operator.
+#[test]
+fn wrangler_toml_deploys_what_workerd_runs() {
+    let wrangler = std::fs::read_to_string(edge_dir().join("wrangler.toml")).unwrap();
+    let workerd = std::fs::read_to_string(edge_dir().join("workerd.capnp")).unwrap();
+    assert_eq!(
+        quoted_values(&wrangler, "compatibility_date"),
+        quoted_values(&workerd, "compatibilityDate")
+    );
+    assert_eq!(quoted_values(&wrangler, "main"), ["dist/worker.mjs"]);
+    assert!(
+        workerd.contains(r#"(name = "worker.mjs", esModule = embed "dist/worker.mjs")"#),
+        "workerd.capnp's first module is the Worker"
+    );
+    assert!(wrangler.contains("type = \"CompiledWasm\"") && wrangler.contains("\"**/*.wasm\""));
+    let variables = quoted_values(&workerd, "fromEnvironment");
+    assert!(variables.len() >= 6, "{variables:?}");
+    for variable in variables {
+        assert!(
+            wrangler.contains(&format!("{variable} = ")),
+            "wrangler.toml does not name {variable}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_verify_cases_answer_inside_workerd_as_under_wasmtime_and_jco() {
     let workerd = Workerd::conformance();

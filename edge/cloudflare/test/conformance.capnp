@@ -18,5 +18,5 @@ const conformance :Workerd.Worker = (
     (name = "policy.core2.wasm", wasm = embed "../dist/policy.core2.wasm"),
     (name = "policy.core3.wasm", wasm = embed "../dist/policy.core3.wasm"),
   ],
-  compatibilityDate = "2026-11-01",
+  compatibilityDate = "2026-05-01",
 );
