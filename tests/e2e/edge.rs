@@ -484,7 +484,7 @@ async fn in_front_of_a_real_server_the_edge_forwards_valid_upgrades_and_answers_
 /// An origin nobody listens on: a token the edge lets through answers 502.
 const NO_ORIGIN: &str = "ws://127.0.0.1:9/ws";
 
-fn edge_env<'a>(jwks_url: &'a str) -> Vec<(&'a str, &'a str)> {
+fn edge_env(jwks_url: &str) -> Vec<(&str, &str)> {
     vec![
         ("AWS_REGION", REGION),
         ("COGNITO_USER_POOL_ID", POOL),

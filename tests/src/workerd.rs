@@ -122,16 +122,13 @@ impl Workerd {
             });
         }
         drop(address_tx);
-        let base_url = match address_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "workerd did not start listening; its output:\n{}",
-                    logs.lock().unwrap().join("\n")
-                );
-            }
+        let Ok(base_url) = address_rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "workerd did not start listening; its output:\n{}",
+                logs.lock().unwrap().join("\n")
+            );
         };
         Workerd {
             child,
