@@ -31,7 +31,7 @@ class FetchFailure extends Error {
 async function readCapped(response, max, url, signal) {
   const declared = Number(response.headers.get('content-length'));
   if (Number.isFinite(declared) && declared > max) {
-    await response.body?.cancel();
+    await response.body?.cancel().catch(() => {});
     throw new FetchFailure('too_large', `${url}: key set larger than ${max} bytes`);
   }
   const chunks = [];
@@ -49,7 +49,7 @@ async function readCapped(response, max, url, signal) {
       if (done) break;
       length += value.byteLength;
       if (length > max) {
-        await reader.cancel();
+        await reader.cancel().catch(() => {});
         throw new FetchFailure('too_large', `${url}: key set larger than ${max} bytes`);
       }
       chunks.push(value);
@@ -156,7 +156,7 @@ export class KeySetCache {
       throw new FetchFailure('unreachable', `fetching ${this.url}: ${e && e.message ? e.message : e}`);
     }
     if (response.status < 200 || response.status > 299) {
-      await response.body?.cancel();
+      await response.body?.cancel().catch(() => {});
       throw new FetchFailure('http_error', `fetching ${this.url}: HTTP ${response.status}`);
     }
     const json = await readCapped(response, this.limits.maxBodyBytes, this.url, signal);
