@@ -7,7 +7,8 @@
 //! ```
 //!
 //! `scripts/test` supplies what some areas need: the release binary, dynalite
-//! (`dynamodb`, `websocket`, `browser`) and headless Chromium (`browser`).
+//! (`dynamodb`, `websocket`, `browser`, `edge`), headless Chromium (`browser`)
+//! and workerd from npm (`edge`).
 //! `load_faults` is ignored by default; `scripts/load-faults` runs it.
 
 mod browser;
@@ -18,6 +19,7 @@ mod conformance;
 mod containment;
 mod dev_server;
 mod dynamodb;
+mod edge;
 mod guest_stack;
 mod http_limits;
 mod lambda;

@@ -1,12 +1,13 @@
 //! Helpers for the end-to-end tests: run the real `gitgazer-ws` binary, find
 //! its port, collect its logs; build tokens by hand for negative cases; run
 //! dynalite and a fault-injecting proxy in front of it; generate the policy's
-//! conformance set.
+//! conformance set; build the edge Worker and run it under workerd.
 
 pub mod conformance;
 pub mod fault_proxy;
 pub mod jwks_server;
 pub mod lambda_emulator;
+pub mod workerd;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
