@@ -308,39 +308,14 @@ async fn next_text(socket: &mut Socket) -> Option<String> {
     }
 }
 
-/// HTTP requests for `/ws` the origin served: its access log (debug level).
-fn origin_ws_requests(server: &Server) -> usize {
-    server
-        .logs()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|line| line["fields"]["message"] == "http" && line["fields"]["path"] == "/ws")
-        .count()
-}
-
-/// CONNECT decisions the origin made: `gitgazer_ws_connects_total`, all labels.
-async fn origin_connects(server: &Server) -> u64 {
-    let scrape = reqwest::get(server.management("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    scrape
-        .lines()
-        .filter(|line| line.starts_with("gitgazer_ws_connects_total{"))
-        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
-
 /// Waits until the origin's access log shows `count` `/ws` requests, then
 /// says whether it shows exactly that many.
 async fn origin_saw_exactly(server: &Server, count: usize) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while origin_ws_requests(server) < count && Instant::now() < deadline {
+    while server.logged_requests("/ws") < count && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    origin_ws_requests(server) == count
+    server.logged_requests("/ws") == count
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,7 +357,7 @@ async fn in_front_of_a_real_server_the_edge_forwards_valid_upgrades_and_answers_
     let mut by_query = open(&edge_ws, &token, false).await.expect("query upgrade");
     let mut by_bearer = open(&edge_ws, &token, true).await.expect("bearer upgrade");
     assert!(origin_saw_exactly(&server, 2).await, "{}", server.logs());
-    assert_eq!(origin_connects(&server).await, 2);
+    assert_eq!(server.connect_decisions().await, 2);
     let delivered = reqwest::Client::new()
         .post(server.management("/integrations/acme/events"))
         .body(r#"{"n":1}"#)
@@ -461,9 +436,9 @@ async fn in_front_of_a_real_server_the_edge_forwards_valid_upgrades_and_answers_
     assert!(
         origin_saw_exactly(&server, 3).await,
         "the origin served {} /ws requests, expected the 3 valid ones",
-        origin_ws_requests(&server)
+        server.logged_requests("/ws")
     );
-    assert_eq!(origin_connects(&server).await, 3);
+    assert_eq!(server.connect_decisions().await, 3);
 
     // And the edge's answers are the origin's own for the same tokens.
     for (what, token, _, _) in &cases {

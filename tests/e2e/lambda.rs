@@ -363,27 +363,11 @@ async fn stored_endpoints(env: &[(&str, &str)], connection_id: &str) -> Vec<Stri
             .map(|(_, value)| *value)
             .unwrap_or_else(|| panic!("{name} in the function's environment"))
     };
-    let items = crate::support::client(var("AWS_ENDPOINT_URL_DYNAMODB"))
-        .scan()
-        .table_name(var("TABLE_NAME"))
-        .consistent_read(true)
-        .send()
+    crate::support::scan_items(var("AWS_ENDPOINT_URL_DYNAMODB"), var("TABLE_NAME"))
         .await
-        .expect("scan")
-        .items
-        .unwrap_or_default();
-    items
         .iter()
-        .filter(|item| {
-            item.get("connectionId")
-                == Some(&aws_sdk_dynamodb::types::AttributeValue::S(
-                    connection_id.into(),
-                ))
-        })
-        .map(|item| match item.get("endpoint") {
-            Some(aws_sdk_dynamodb::types::AttributeValue::S(endpoint)) => endpoint.clone(),
-            other => panic!("endpoint: {other:?}"),
-        })
+        .filter(|item| crate::support::text(item, "connectionId") == connection_id)
+        .map(|item| crate::support::text(item, "endpoint"))
         .collect()
 }
 

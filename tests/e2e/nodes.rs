@@ -10,7 +10,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use futures_util::StreamExt;
 use gitgazer_ws::dev::DevSigner;
 use gitgazer_ws_tests::jwks_server::{JwksMode, JwksServer};
@@ -24,7 +23,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::support::{Pool, client};
+use crate::support::{Pool, scan_items, text};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -158,30 +157,11 @@ impl Node {
 
 /// Every record's connection id and endpoint.
 async fn records(endpoint: &str, table: &str) -> BTreeMap<String, String> {
-    let dynamo = client(endpoint);
-    let mut records = BTreeMap::new();
-    let mut start = None;
-    loop {
-        let page = dynamo
-            .scan()
-            .table_name(table)
-            .consistent_read(true)
-            .set_exclusive_start_key(start.take())
-            .send()
-            .await
-            .expect("scan");
-        for item in page.items() {
-            let text = |name: &str| match item.get(name) {
-                Some(AttributeValue::S(value)) => value.clone(),
-                other => panic!("{name}: {other:?}"),
-            };
-            records.insert(text("connectionId"), text("endpoint"));
-        }
-        match page.last_evaluated_key {
-            Some(key) if !key.is_empty() => start = Some(key),
-            _ => return records,
-        }
-    }
+    scan_items(endpoint, table)
+        .await
+        .iter()
+        .map(|item| (text(item, "connectionId"), text(item, "endpoint")))
+        .collect()
 }
 
 /// `POST /integrations/acme/events` on a node's management listener.

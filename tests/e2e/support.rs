@@ -56,10 +56,13 @@ impl Fixture {
     }
 }
 
-/// Every item of the table, as (integrationId, connectionId, sub, expiresAt).
-pub async fn scan(endpoint: &str, table: &str) -> BTreeSet<(String, String, String, u64)> {
+/// Every item of the table (every page, consistent reads).
+pub async fn scan_items(
+    endpoint: &str,
+    table: &str,
+) -> Vec<std::collections::HashMap<String, AttributeValue>> {
     let client = client(endpoint);
-    let mut items = BTreeSet::new();
+    let mut items = Vec::new();
     let mut start = None;
     loop {
         let page = client
@@ -70,26 +73,42 @@ pub async fn scan(endpoint: &str, table: &str) -> BTreeSet<(String, String, Stri
             .send()
             .await
             .expect("scan");
-        for item in page.items() {
-            let s = |name: &str| match item.get(name) {
-                Some(AttributeValue::S(v)) => v.clone(),
-                other => panic!("{name}: {other:?}"),
-            };
-            let expires_at = match item.get("expiresAt") {
-                Some(AttributeValue::N(n)) => n.parse().unwrap(),
-                other => panic!("expiresAt: {other:?}"),
-            };
-            match item.get("connectedAt") {
-                Some(AttributeValue::S(v)) if v.ends_with('Z') && v.len() == 20 => {}
-                other => panic!("connectedAt: {other:?}"),
-            }
-            items.insert((s("integrationId"), s("connectionId"), s("sub"), expires_at));
-        }
+        items.extend(page.items().iter().cloned());
         match page.last_evaluated_key {
             Some(key) if !key.is_empty() => start = Some(key),
             _ => return items,
         }
     }
+}
+
+/// A string attribute of an item, which must have it.
+pub fn text(item: &std::collections::HashMap<String, AttributeValue>, name: &str) -> String {
+    match item.get(name) {
+        Some(AttributeValue::S(value)) => value.clone(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+/// Every item of the table, as (integrationId, connectionId, sub, expiresAt).
+pub async fn scan(endpoint: &str, table: &str) -> BTreeSet<(String, String, String, u64)> {
+    let mut items = BTreeSet::new();
+    for item in scan_items(endpoint, table).await {
+        let expires_at = match item.get("expiresAt") {
+            Some(AttributeValue::N(n)) => n.parse().unwrap(),
+            other => panic!("expiresAt: {other:?}"),
+        };
+        match item.get("connectedAt") {
+            Some(AttributeValue::S(v)) if v.ends_with('Z') && v.len() == 20 => {}
+            other => panic!("connectedAt: {other:?}"),
+        }
+        items.insert((
+            text(&item, "integrationId"),
+            text(&item, "connectionId"),
+            text(&item, "sub"),
+            expires_at,
+        ));
+    }
+    items
 }
 
 /// A client of the test's own, with explicit endpoint and dummy

@@ -182,6 +182,61 @@ async fn the_management_listener_on_ipv6_any_takes_a_local_ipv4_client_as_loopba
     }
 }
 
+/// With `MANAGEMENT_TOKEN` the management listener answers any address
+/// that carries the token (other nodes, a remote Prometheus), and nobody
+/// without it, loopback included: every management route is 401 without
+/// it, with another token, or with the token in another scheme.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_management_token_any_address_with_it_is_served_and_none_without_it() {
+    const TOKEN: &str = "surface-management-token-0123456789abcdef";
+    let signer = DevSigner::generate().unwrap();
+    let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
+    let server = POOL.server(
+        &jwks,
+        &[
+            ("MANAGEMENT_BIND", "0.0.0.0:0"),
+            ("MANAGEMENT_TOKEN", TOKEN),
+        ],
+    );
+    let port = port_of(&server.management_url);
+    let authorized = |url: String, authorization: Option<String>| async move {
+        let mut request = reqwest::Client::new().get(url);
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    for host in [IpAddr::from([127, 0, 0, 1]), own_address()] {
+        let status = format!("http://{host}:{port}/status");
+        assert_eq!(
+            authorized(status.clone(), Some(format!("Bearer {TOKEN}"))).await,
+            (200, r#"{"pendingRollbacks":0}"#.to_owned()),
+            "from {host}"
+        );
+        for wrong in [
+            None,
+            Some("Bearer surface-management-token-0123456789abcdeF".to_owned()),
+            Some(format!("Basic {TOKEN}")),
+            Some(format!("Bearer  {TOKEN}")),
+        ] {
+            assert_eq!(
+                authorized(status.clone(), wrong.clone()).await,
+                (401, r#"{"message":"Unauthorized"}"#.to_owned()),
+                "{wrong:?} from {host}"
+            );
+        }
+        let mallory = POOL.token(&signer, "mallory");
+        for (method, path, body) in management_only(&mallory) {
+            assert_eq!(
+                send(method, &format!("http://{host}:{port}{path}"), &body).await,
+                (401, r#"{"message":"Unauthorized"}"#.to_owned()),
+                "{method} {path} from {host} without the token"
+            );
+        }
+    }
+}
+
 /// Dev mode mints tokens for anyone who asks, so it binds 127.0.0.1 even
 /// when told to bind every address: another address of this machine cannot
 /// reach it, loopback can.

@@ -117,7 +117,10 @@ async fn main() {
         ("straight at the origin", origin_ws.clone(), None),
         ("through the edge", reused.url("/ws"), Some(&reused)),
     ] {
-        let origin_before = (origin_ws_requests(&server), connects(&server).await);
+        let origin_before = (
+            server.logged_requests("/ws"),
+            server.connect_decisions().await,
+        );
         let origin_cpu = server.cpu_seconds();
         let edge_cpu = worker.map(|w| cpu_seconds(w.pid()));
         let fetches = edge_keys.requests();
@@ -130,8 +133,8 @@ async fn main() {
             "  {label:<24} {:>6.0} requests/s; origin: {} /ws requests, {} CONNECT decisions, \
              {:.2} CPU s; edge: {}, {} key set fetches",
             flood as f64 / took.as_secs_f64(),
-            origin_ws_requests(&server) - origin_before.0,
-            connects(&server).await - origin_before.1,
+            server.logged_requests("/ws") - origin_before.0,
+            server.connect_decisions().await - origin_before.1,
             server.cpu_seconds() - origin_cpu,
             edge_cpu.map_or("-".to_owned(), |before| format!(
                 "{:.2} CPU s",
@@ -210,29 +213,6 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
-}
-
-fn origin_ws_requests(server: &Server) -> usize {
-    server
-        .logs()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|line| line["fields"]["message"] == "http" && line["fields"]["path"] == "/ws")
-        .count()
-}
-
-async fn connects(server: &Server) -> u64 {
-    let scrape = reqwest::get(server.management("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    scrape
-        .lines()
-        .filter(|line| line.starts_with("gitgazer_ws_connects_total{"))
-        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
 }
 
 /// User + system CPU seconds of a process, from `/proc/<pid>/stat`.

@@ -88,7 +88,12 @@ async fn main() {
                 "sec-websocket-protocol",
                 HeaderValue::from_str(&format!("bearer, {token}")).unwrap(),
             );
-            async move { tokio_tungstenite::connect_async(request).await.expect("upgrade").0 }
+            async move {
+                tokio_tungstenite::connect_async(request)
+                    .await
+                    .expect("upgrade")
+                    .0
+            }
         });
         for mut socket in futures_util::future::join_all(opening).await {
             let receipts = receipts_tx.clone();

@@ -196,6 +196,31 @@ impl Server {
         assert!(status.success());
     }
 
+    /// Requests for `path` in its access log (the `http` lines, debug level).
+    pub fn logged_requests(&self, path: &str) -> usize {
+        self.logs()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|line| line["fields"]["message"] == "http" && line["fields"]["path"] == path)
+            .count()
+    }
+
+    /// CONNECT decisions so far: `gitgazer_ws_connects_total`, every label,
+    /// from its `/metrics`.
+    pub async fn connect_decisions(&self) -> u64 {
+        let scrape = reqwest::get(self.management("/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the scrape");
+        scrape
+            .lines()
+            .filter(|line| line.starts_with("gitgazer_ws_connects_total{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// SIGKILL, as a crash would: nothing of the process runs after it.
     pub fn kill(&mut self) {
         self.child.kill().expect("SIGKILL");
