@@ -10,6 +10,12 @@
 //!
 //! Defaults: 16 clients, 10 s (after 2 s of warm-up). The generator shares
 //! the machine with the server, as it would on a developer's laptop.
+//!
+//! `LOAD_PAIRS_DYNAMODB=1` keeps the records in a fresh table on the
+//! DynamoDB endpoint in `AWS_ENDPOINT_URL_DYNAMODB` (dynalite: `scripts/dynalite
+//! start && eval "$(scripts/dynalite env)"`) instead of the embedded store:
+//! a CONNECT is one BatchWriteItem, a DISCONNECT one GSI Query and one
+//! BatchWriteItem.
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +32,14 @@ async fn main() {
     let seconds: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(10);
 
     // Default settings, logging included (info).
-    let server = Server::start(&[]);
+    let server = if std::env::var_os("LOAD_PAIRS_DYNAMODB").is_some() {
+        let endpoint = gitgazer_ws_tests::dynalite_endpoint();
+        let table = gitgazer_ws_tests::unique_table("load-pairs");
+        gitgazer_ws_tests::create_table(&endpoint, &table);
+        Server::start_env(&gitgazer_ws_tests::dynamodb_env(&endpoint, &table))
+    } else {
+        Server::start(&[])
+    };
     let address = server.base_url.trim_start_matches("http://").to_owned();
     // A Cognito-shaped dev token with three groups: three records a CONNECT.
     let (status, token) = get(
