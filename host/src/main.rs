@@ -121,6 +121,7 @@ async fn deliver(global: &GlobalArgs, args: &DeliverArgs) -> anyhow::Result<Exit
         routes = routes.with_fallback(Route {
             sender: Arc::new(ManagementApi::connect(endpoint, options.call_timeout).await?),
             gone_is_certain: false,
+            immediate: false,
         });
     }
     let store = DynamoDbStore::connect(table).await;
@@ -203,10 +204,12 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode
         Some(endpoint) => Route {
             sender: Arc::new(ManagementApi::connect(endpoint, call_timeout).await?),
             gone_is_certain: false,
+            immediate: false,
         },
         None => Route {
             sender: sockets.clone(),
             gone_is_certain: true,
+            immediate: true,
         },
     };
     let routes = Routes::new(call_timeout, node.token().cloned())?

@@ -129,9 +129,11 @@ async fn main() {
 
     // Latency: one event at a time, to the last receipt.
     let mut last_receipt = Vec::new();
+    let mut answered = Vec::new();
     for number in 1..=events {
         let started = Instant::now();
         post(number).await;
+        answered.push(started.elapsed());
         let mut got = 0;
         let mut last = started;
         while got < sockets {
@@ -146,11 +148,38 @@ async fn main() {
         last_receipt.push(last - started);
     }
     last_receipt.sort();
+    answered.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "{nodes} node(s), {sockets} sockets: last receipt p50 {:.1} ms, max {:.1} ms over {events} events",
+        "{nodes} node(s), {sockets} sockets: last receipt p50 {:.1} ms, max {:.1} ms over {events} events \
+         (the delivery's HTTP answer: p50 {:.1} ms)",
         ms(last_receipt[events / 2]),
-        ms(*last_receipt.last().unwrap())
+        ms(*last_receipt.last().unwrap()),
+        ms(answered[events / 2]),
+    );
+
+    // How much of it was reading the records (every Query page), from
+    // node 1's own store-call histogram.
+    let scrape = reqwest::get(servers[0].management("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metric = |name: &str| -> f64 {
+        scrape
+            .lines()
+            .filter(|line| line.starts_with(name) && line.contains("operation=\"records_of\""))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (sum, count) = (
+        metric("gitgazer_ws_store_call_duration_seconds_sum"),
+        metric("gitgazer_ws_store_call_duration_seconds_count"),
+    );
+    println!(
+        "{nodes} node(s), {sockets} sockets: reading the records took {:.1} ms on average ({count} reads)",
+        sum * 1000.0 / count.max(1.0)
     );
 
     // Throughput: back to back.

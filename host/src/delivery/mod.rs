@@ -99,6 +99,10 @@ pub trait ConnectionSender: Send + Sync + 'static {
 pub struct Route {
     pub sender: Arc<dyn ConnectionSender>,
     pub gone_is_certain: bool,
+    /// Its posts complete without waiting (this node's sockets: a queue
+    /// push), so a delivery makes them in its own loop: a task per
+    /// connection would cost more than the post.
+    pub immediate: bool,
 }
 
 /// Where each record's connection is posted, by its `endpoint`:
@@ -137,6 +141,7 @@ impl Routes {
         let route = Route {
             sender: sockets,
             gone_is_certain: true,
+            immediate: true,
         };
         self.local = Some((endpoint, route));
         self
@@ -166,6 +171,7 @@ impl Routes {
             return Ok(Route {
                 sender: Arc::new(peer),
                 gone_is_certain: true,
+                immediate: false,
             });
         }
         if is_execute_api(endpoint) {
@@ -179,6 +185,7 @@ impl Routes {
             let route = Route {
                 sender: Arc::new(api),
                 gone_is_certain: false,
+                immediate: false,
             };
             apis.insert(endpoint.to_owned(), route.clone());
             return Ok(route);
@@ -377,6 +384,16 @@ async fn deliver_group(
             let young = !route.gone_is_certain
                 && connected_at
                     .is_some_and(|at| now < at.saturating_add(options.connect_timeout.as_secs()));
+            if route.immediate {
+                let started = std::time::Instant::now();
+                if route.sender.post(&connection_id, &message).await.is_ok() {
+                    report.delivered += 1;
+                    telemetry::delivery("delivered", Some(started.elapsed()));
+                    continue;
+                }
+                // Gone or failed: the task below posts again and handles it
+                // (a 410 again, then the records go).
+            }
             let (store, sender, message, options, unreachable) = (
                 store.clone(),
                 route.sender.clone(),
@@ -615,6 +632,7 @@ mod tests {
             .with_fallback(Route {
                 sender,
                 gone_is_certain: true,
+                immediate: false,
             })
     }
 
@@ -855,6 +873,7 @@ mod tests {
             .with_fallback(Route {
                 sender: sender.clone(),
                 gone_is_certain: false,
+                immediate: false,
             });
         let report = deliver(
             store.clone(),
@@ -907,11 +926,17 @@ mod tests {
         let store = store_with(&[
             with(record("acme", "here-1", *NOW + 60), local),
             with(record("acme", "here-2", *NOW + 60), local),
+            with(record("acme", "here-gone", *NOW + 60), local),
             record("acme", "no-endpoint", *NOW + 60),
             with(record("acme", "odd", *NOW + 60), "ftp://somewhere/else"),
         ])
         .await;
-        let here = Arc::new(ScriptedSender::default());
+        // This node's sockets are posted to in the delivery's own loop; a
+        // gone one is posted again by a task, which deletes its records.
+        let here = Arc::new(ScriptedSender {
+            script: HashMap::from([("here-gone".into(), vec![Answer::Send(Err(SendError::Gone))])]),
+            ..ScriptedSender::default()
+        });
         let default = Arc::new(ScriptedSender::default());
         let routes = Routes::new(Duration::from_secs(1), None)
             .unwrap()
@@ -919,6 +944,7 @@ mod tests {
             .with_fallback(Route {
                 sender: default.clone(),
                 gone_is_certain: true,
+                immediate: false,
             });
         let report = deliver(
             store.clone(),
@@ -934,7 +960,7 @@ mod tests {
             report,
             DeliveryReport {
                 delivered: 3,
-                gone: 0,
+                gone: 1,
                 failed: 1,
                 expired: 0
             }
@@ -950,9 +976,19 @@ mod tests {
             ids.sort();
             ids
         };
-        assert_eq!(ids(&here), ["here-1", "here-2"]);
+        assert_eq!(ids(&here), ["here-1", "here-2", "here-gone", "here-gone"]);
         assert_eq!(ids(&default), ["no-endpoint"]);
-        assert_eq!(store.snapshot().len(), 4, "nothing deleted");
+        let left: Vec<String> = store
+            .snapshot()
+            .into_iter()
+            .map(|r| r.connection_id)
+            .collect();
+        assert!(!left.contains(&"here-gone".to_owned()), "{left:?}");
+        assert_eq!(
+            left.len(),
+            4,
+            "only the gone one's records deleted: {left:?}"
+        );
     }
 
     #[tokio::test]
