@@ -68,7 +68,19 @@ fn management_only(victim_token: &str) -> Vec<(&'static str, String, String)> {
         ("POST", "/events".into(), disconnect.to_string()),
         ("POST", "/@connections/victim".into(), "forged".into()),
         ("DELETE", "/@connections/victim".into(), String::new()),
+        // The same, as other nodes address it.
+        (
+            "POST",
+            "/n/0123456789abcdef/@connections/victim".into(),
+            "forged".into(),
+        ),
+        (
+            "DELETE",
+            "/n/0123456789abcdef/@connections/victim".into(),
+            String::new(),
+        ),
         ("POST", "/integrations/acme/events".into(), "forged".into()),
+        ("GET", "/metrics".into(), String::new()),
         ("GET", "/status".into(), String::new()),
         ("GET", "/dev/token".into(), String::new()),
     ]
