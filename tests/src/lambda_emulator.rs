@@ -2,6 +2,12 @@
 //! endpoints: `GET /2018-06-01/runtime/invocation/next` (long poll),
 //! `POST .../invocation/{id}/response`, `POST .../invocation/{id}/error` and
 //! `POST .../runtime/init/error`. Tests queue events and await outcomes.
+//!
+//! [`RuntimeApiEmulator::throttle_at_first_next`] emulates a small
+//! function's CPU share: Lambda gives CPU in proportion to memory (1 769 MB
+//! is one vCPU) but runs the INIT phase unthrottled; so the function's
+//! process moves into a CPU cgroup (a quota per 100 ms period) when it
+//! first asks for an event, the end of its init.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -38,6 +44,72 @@ struct Shared {
     inner: Arc<Mutex<Inner>>,
     queued: Arc<Notify>,
     init_error: Arc<Notify>,
+    /// Applied once, at the first `GET /next`; then when it happened.
+    throttle: Arc<Mutex<Option<CpuThrottle>>>,
+    first_next: Arc<Mutex<Option<std::time::Instant>>>,
+}
+
+/// A CPU cgroup holding the function's process from its first `/next`.
+pub struct CpuThrottle {
+    pid: u32,
+    group: std::path::PathBuf,
+}
+
+impl CpuThrottle {
+    /// A new cgroup allowing `percent` of one CPU: cgroup v1's cpu
+    /// controller (`cpu.cfs_quota_us` per `cpu.cfs_period_us` = 100 ms) or
+    /// v2's `cpu.max`. An error says why neither could be written (not
+    /// root, no cpu controller).
+    pub fn new(pid: u32, percent: f64) -> Result<CpuThrottle, String> {
+        let name = format!("gitgazer-ws-lambda-{}-{pid}", std::process::id());
+        let quota = ((percent * 1000.0).round() as u64).max(1000);
+        let v1 = std::path::Path::new("/sys/fs/cgroup/cpu");
+        let attempt_v1 = || -> std::io::Result<std::path::PathBuf> {
+            let group = v1.join(&name);
+            std::fs::create_dir(&group)?;
+            std::fs::write(group.join("cpu.cfs_period_us"), "100000")?;
+            std::fs::write(group.join("cpu.cfs_quota_us"), quota.to_string())?;
+            Ok(group)
+        };
+        let attempt_v2 = || -> std::io::Result<std::path::PathBuf> {
+            let group = std::path::Path::new("/sys/fs/cgroup").join(&name);
+            std::fs::create_dir(&group)?;
+            std::fs::write(group.join("cpu.max"), format!("{quota} 100000"))?;
+            Ok(group)
+        };
+        let group = if v1.join("cpu.cfs_quota_us").exists() {
+            attempt_v1()
+                .map_err(|e| format!("cgroup v1 cpu controller at {}: {e}", v1.display()))?
+        } else {
+            attempt_v2().map_err(|e| format!("cgroup v2 cpu.max under /sys/fs/cgroup: {e}"))?
+        };
+        Ok(CpuThrottle { pid, group })
+    }
+
+    /// Periods in which the cgroup ran out of its quota (`nr_throttled` of
+    /// `cpu.stat`), so a run can show the limit bit.
+    pub fn throttled_periods(&self) -> u64 {
+        std::fs::read_to_string(self.group.join("cpu.stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.lines()
+                    .find_map(|line| line.strip_prefix("nr_throttled "))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    fn apply(&self) -> std::io::Result<()> {
+        std::fs::write(self.group.join("cgroup.procs"), self.pid.to_string())
+    }
+}
+
+impl Drop for CpuThrottle {
+    fn drop(&mut self) {
+        // Empty once the process is gone; a cgroup directory is removed
+        // with rmdir.
+        let _ = std::fs::remove_dir(&self.group);
+    }
 }
 
 pub struct RuntimeApiEmulator {
@@ -62,6 +134,34 @@ impl RuntimeApiEmulator {
         let address = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move { axum::serve(listener, app).await });
         RuntimeApiEmulator { address, shared }
+    }
+
+    /// Moves the function's process into `throttle`'s cgroup when it first
+    /// asks for an event (its init is over).
+    /// (Given after its first `/next`, at once.)
+    pub fn throttle_at_first_next(&self, throttle: CpuThrottle) {
+        let first = self.shared.first_next.lock().unwrap();
+        if first.is_some() {
+            throttle
+                .apply()
+                .expect("moving the function into its CPU cgroup");
+        }
+        *self.shared.throttle.lock().unwrap() = Some(throttle);
+    }
+
+    /// Periods the function was throttled in so far (0 without a throttle).
+    pub fn throttled_periods(&self) -> u64 {
+        self.shared
+            .throttle
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, CpuThrottle::throttled_periods)
+    }
+
+    /// When the function first asked for an event (its init ended).
+    pub fn first_next(&self) -> Option<std::time::Instant> {
+        *self.shared.first_next.lock().unwrap()
     }
 
     /// Delivers one event and waits (bounded) for the function's outcome.
@@ -103,6 +203,17 @@ impl RuntimeApiEmulator {
 }
 
 async fn next(State(shared): State<Shared>) -> Response {
+    {
+        let mut first = shared.first_next.lock().unwrap();
+        if first.is_none() {
+            *first = Some(std::time::Instant::now());
+            if let Some(throttle) = shared.throttle.lock().unwrap().as_ref()
+                && let Err(error) = throttle.apply()
+            {
+                panic!("moving the function into its CPU cgroup: {error}");
+            }
+        }
+    }
     loop {
         let notified = shared.queued.notified();
         if let Some((id, event)) = shared.inner.lock().unwrap().queue.pop_front() {
