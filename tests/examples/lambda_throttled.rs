@@ -76,6 +76,7 @@ async fn main() {
                     Ok(throttle) => emulator.throttle_at_first_next(throttle),
                     Err(why) => {
                         let _ = child.kill();
+                        let _ = child.wait();
                         eprintln!("skipped: cannot limit the function's CPU here ({why})");
                         return;
                     }
