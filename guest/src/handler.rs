@@ -10,7 +10,7 @@ use crate::rfc3339;
 use crate::types::{
     ConnectRequest, ConnectionRecord, DisconnectRequest, Rejection, Response, StoreError,
 };
-use crate::verify::verify_token;
+use crate::verify::verify_token_full;
 
 /// Connection ids longer than this are refused. API Gateway's are 16 chars.
 pub const MAX_CONNECTION_ID_BYTES: usize = 128;
@@ -61,8 +61,8 @@ pub fn handle_connect(request: &ConnectRequest, caps: &mut impl Capabilities) ->
         return Response::new(400, body::INVALID_CONNECTION_ID);
     }
     let token = request.id_token.as_deref().unwrap_or("");
-    let identity = match verify_token(token, request.now, &request.settings, caps) {
-        Ok(identity) => identity,
+    let verified = match verify_token_full(token, request.now, &request.settings, caps) {
+        Ok(verified) => verified,
         Err(rejection) => {
             caps.log(
                 Level::Info,
@@ -77,6 +77,7 @@ pub fn handle_connect(request: &ConnectRequest, caps: &mut impl Capabilities) ->
             return Response::refused(rejection, status, text);
         }
     };
+    let identity = &verified.identity;
     if identity.groups.is_empty() {
         caps.log(Level::Info, "connect denied: no authorized groups");
         return Response::new(401, body::NO_GROUPS);
@@ -98,6 +99,7 @@ pub fn handle_connect(request: &ConnectRequest, caps: &mut impl Capabilities) ->
             connected_at: connected_at.clone(),
             expires_at,
             endpoint: request.endpoint.clone(),
+            auth_expires_at: Some(verified.expires_at),
         })
         .collect();
     match caps.put_all(&records) {

@@ -41,9 +41,9 @@ pub use capabilities::{Capabilities, Level};
 pub use handler::{handle_connect, handle_disconnect};
 pub use types::{
     ConnectRequest, ConnectionRecord, DisconnectRequest, Identity, RecordKey, Rejection, Response,
-    Settings, StoreError,
+    Settings, StoreError, Verified,
 };
-pub use verify::verify_token;
+pub use verify::{verify_token, verify_token_full};
 
 mod bindings {
     wit_bindgen::generate!({
@@ -168,6 +168,7 @@ mod component {
             connected_at: record.connected_at.clone(),
             expires_at: record.expires_at,
             endpoint: record.endpoint.clone(),
+            auth_expires_at: record.auth_expires_at,
         }
     }
 

@@ -68,6 +68,10 @@ pub struct ConnectionRecord {
     pub expires_at: u64,
     /// Where the connection can be reached; `None`: the reader's default.
     pub endpoint: Option<String>,
+    /// The `exp` of the token the connection was authorised with, seconds
+    /// since the epoch: delivery stops at it. `None`: records written
+    /// before it was kept (delivered as before).
+    pub auth_expires_at: Option<u64>,
 }
 
 impl ConnectionRecord {
@@ -112,6 +116,17 @@ pub struct Identity {
     pub sub: String,
     /// `cognito:groups`, duplicates collapsed, order kept; empty if unreadable.
     pub groups: Vec<String>,
+}
+
+/// A verified token: its identity and when it was issued and expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Who, and in which groups.
+    pub identity: Identity,
+    /// The `exp` claim, whole seconds since the epoch (rounded down).
+    pub expires_at: u64,
+    /// The `iat` claim, whole seconds (rounded down), when present.
+    pub issued_at: Option<u64>,
 }
 
 /// Why a token was refused: one value per failure class (mirrors the WIT

@@ -147,6 +147,7 @@ fn record_from(value: &Value) -> ConnectionRecord {
         connected_at: str_of(value, "connected-at").into(),
         expires_at: u64_of(value, "expires-at"),
         endpoint: value["endpoint"].as_str().map(str::to_owned),
+        auth_expires_at: value["auth-expires-at"].as_u64(),
     }
 }
 
@@ -161,6 +162,9 @@ fn record_to(record: &ConnectionRecord) -> Value {
     // Only when set: the cases without one stay as they were.
     if let Some(endpoint) = &record.endpoint {
         value["endpoint"] = json!(endpoint);
+    }
+    if let Some(auth_expires_at) = record.auth_expires_at {
+        value["auth-expires-at"] = json!(auth_expires_at);
     }
     value
 }
@@ -341,7 +345,7 @@ async fn run_conformance(build: GuestBuild, expected: LoadedGuest) {
 }
 
 /// How many cases the set holds; a change is a change of the set.
-const CASES: usize = 79;
+const CASES: usize = 80;
 
 /// A token with what changes from one generation to the next masked: the
 /// signing key's `kid` in a header segment, and signatures (segments from

@@ -176,7 +176,7 @@ async fn upgrades_only_on_a_200_connect_with_the_token_in_the_query_or_the_beare
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         report,
-        serde_json::json!({"delivered": 2, "gone": 0, "failed": 0, "expired": 0})
+        serde_json::json!({"delivered": 2, "gone": 0, "failed": 0, "expired": 0, "expiredAuth": 0})
     );
     for socket in [&mut by_query, &mut by_bearer] {
         assert_eq!(
@@ -347,7 +347,7 @@ async fn a_thousand_clients_of_ten_integrations() {
     );
     assert_eq!(
         report,
-        serde_json::json!({"delivered": CLIENTS / INTEGRATIONS, "gone": 5, "failed": 0, "expired": 1})
+        serde_json::json!({"delivered": CLIENTS / INTEGRATIONS, "gone": 5, "failed": 0, "expired": 1, "expiredAuth": 0})
     );
     // Exactly integration-3's sockets got it, once: a marker delivered to
     // every integration afterwards is every other socket's first message,
@@ -719,7 +719,10 @@ async fn records_written_by_the_original_handler_are_delivered() {
     let (status, body) = post(&fixture, "/integrations/legacy/events", "{\"n\":7}").await;
     assert_eq!(
         (status, body.as_str()),
-        (200, r#"{"delivered":1,"gone":0,"failed":0,"expired":0}"#)
+        (
+            200,
+            r#"{"delivered":1,"gone":0,"failed":0,"expired":0,"expiredAuth":0}"#
+        )
     );
     assert_eq!(
         next_text(&mut socket, Duration::from_secs(10))
@@ -898,7 +901,7 @@ async fn deliver_exits_1_when_posts_fail_and_2_when_it_cannot_start() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
-        r#"{"delivered":0,"gone":0,"failed":2,"expired":0}"#
+        r#"{"delivered":0,"gone":0,"failed":2,"expired":0,"expiredAuth":0}"#
     );
     assert_eq!(
         posts.load(std::sync::atomic::Ordering::SeqCst),
@@ -946,7 +949,7 @@ async fn a_delivery_racing_a_connect_keeps_the_new_connections_records() {
     let (code, report) = deliver_exit(&fixture, &endpoint, &table, "acme", "{\"n\":1}");
     assert_eq!(
         report,
-        serde_json::json!({"delivered": 0, "gone": 1, "failed": 1, "expired": 0})
+        serde_json::json!({"delivered": 0, "gone": 1, "failed": 1, "expired": 0, "expiredAuth": 0})
     );
     assert_eq!(code, Some(1), "a failed connection is exit 1");
     let left: Vec<String> = scan(&endpoint, &table)

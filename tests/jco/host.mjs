@@ -36,6 +36,7 @@ export function beginCase({ keySet, refreshedKeySet, storeBefore, storeFailure }
       connectedAt: r['connected-at'],
       expiresAt: BigInt(r['expires-at']),
       endpoint: r.endpoint,
+      authExpiresAt: r['auth-expires-at'] === undefined ? undefined : BigInt(r['auth-expires-at']),
     });
   }
   current = {
@@ -64,6 +65,7 @@ export function endCase() {
       'expires-at': Number(r.expiresAt),
       // Only when set, as the wasmtime runner writes it.
       ...(r.endpoint === undefined ? {} : { endpoint: r.endpoint }),
+      ...(r.authExpiresAt === undefined ? {} : { 'auth-expires-at': Number(r.authExpiresAt) }),
     }));
   return { storeAfter, keySetRequests: state.keySetRequests, logs: state.logs };
 }

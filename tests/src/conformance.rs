@@ -83,6 +83,8 @@ fn with(mut claims: Value, name: &str, value: Value) -> Value {
     claims
 }
 
+/// A record as a CONNECT at `NOW` stores it, for a token of [`claims`]
+/// (`auth-expires-at`: its `exp`).
 fn record(group: &str, connection_id: &str, sub: &str) -> Value {
     json!({
         "integration-id": group,
@@ -90,10 +92,19 @@ fn record(group: &str, connection_id: &str, sub: &str) -> Value {
         "sub": sub,
         "connected-at": NOW_RFC3339,
         "expires-at": NOW + u64::from(RECORD_TTL),
+        "auth-expires-at": NOW + 3600,
     })
 }
 
-/// A record stored by an earlier connection (other time, other TTL).
+/// [`record`] for a token whose `exp` was `exp`.
+fn record_until(group: &str, connection_id: &str, sub: &str, exp: u64) -> Value {
+    let mut record = record(group, connection_id, sub);
+    record["auth-expires-at"] = json!(exp);
+    record
+}
+
+/// A record stored by an earlier connection (other time, other TTL, and
+/// written before records carried `auth-expires-at`).
 fn old_record(group: &str, connection_id: &str, sub: &str) -> Value {
     json!({
         "integration-id": group,
@@ -363,12 +374,27 @@ fn build_cases() -> Vec<Value> {
     ));
     let mut c = b.case(
         "connect-expired-within-leeway",
-        "exp 30 s ago with 60 s leeway is still accepted",
+        "exp 30 s ago with 60 s leeway is still accepted (auth-expires-at: that exp)",
         connect("c1", Some(&within_leeway)),
         response(200, CONNECTED),
     );
     c.key_set_requests = vec![false];
-    c.store_after = Some(vec![record("acme", "c1", "alice")]);
+    c.store_after = Some(vec![record_until("acme", "c1", "alice", NOW - 30)]);
+    b.push(c);
+
+    let fractional_exp = signer.sign(&with(
+        claims("alice", Some(json!(["acme"]))),
+        "exp",
+        json!((NOW + 90) as f64 + 0.75),
+    ));
+    let mut c = b.case(
+        "connect-auth-expires-at-rounds-exp-down",
+        "every record carries the token's exp as auth-expires-at, a fraction rounded down",
+        connect("c1", Some(&fractional_exp)),
+        response(200, CONNECTED),
+    );
+    c.key_set_requests = vec![false];
+    c.store_after = Some(vec![record_until("acme", "c1", "alice", NOW + 90)]);
     b.push(c);
 
     let mut c = b.case(

@@ -2,7 +2,11 @@
 //!
 //! The records come from the store (`records_of`, every page); records whose
 //! `expiresAt` has passed are skipped and deleted (DynamoDB's TTL deletion
-//! lags by up to days). The rest are grouped by where their connection lives
+//! lags by up to days). Records whose `authExpiresAt` has passed (the token
+//! the connection was authorised with expired) are skipped and counted
+//! `expiredAuth`, but kept: the connection may still refresh its token within
+//! the grace window, and its owner closes it (and deletes them) when it does
+//! not. The rest are grouped by where their connection lives
 //! (the record's `endpoint`, see [`Routes`]) and each group is posted where
 //! it lives, with its own bound on posts in flight: this node's sockets
 //! directly, another node through its management listener ([`nodes`]), an
@@ -210,6 +214,10 @@ pub struct DeliveryReport {
     pub failed: u32,
     /// Records skipped because their `expiresAt` had passed (and deleted).
     pub expired: u32,
+    /// Connections skipped because the token they were authorised with had
+    /// expired (`authExpiresAt` passed); their records stay.
+    #[serde(rename = "expiredAuth")]
+    pub expired_auth: u32,
 }
 
 impl DeliveryReport {
@@ -218,6 +226,7 @@ impl DeliveryReport {
         self.gone += other.gone;
         self.failed += other.failed;
         self.expired += other.expired;
+        self.expired_auth += other.expired_auth;
     }
 }
 
@@ -266,12 +275,19 @@ pub async fn deliver(
     let (expired, live): (Vec<_>, Vec<_>) = records
         .into_iter()
         .partition(|record| record.expires_at <= now);
+    let (expired_auth, live): (Vec<_>, Vec<_>) = live
+        .into_iter()
+        .partition(|record| record.auth_expires_at.is_some_and(|at| at <= now));
     let mut report = DeliveryReport {
         expired: count(expired.len()),
+        expired_auth: count(expired_auth.len()),
         ..DeliveryReport::default()
     };
     for _ in &expired {
         telemetry::delivery("expired", None);
+    }
+    for _ in &expired_auth {
+        telemetry::delivery("expired_auth", None);
     }
     if !expired.is_empty() {
         let keys: Vec<_> = expired.iter().map(|record| record.key()).collect();
@@ -317,6 +333,7 @@ pub async fn deliver(
         gone = report.gone,
         failed = report.failed,
         expired = report.expired,
+        expired_auth = report.expired_auth,
         "delivered"
     );
     Ok(report)
@@ -605,6 +622,7 @@ mod tests {
             connected_at: "2027-01-15T08:00:00Z".into(),
             expires_at,
             endpoint: None,
+            auth_expires_at: None,
         }
     }
 
@@ -686,7 +704,8 @@ mod tests {
                 delivered: 2,
                 gone: 1,
                 failed: 3,
-                expired: 1
+                expired: 1,
+                expired_auth: 0
             }
         );
         let attempts = |id: &str| {
@@ -725,6 +744,61 @@ mod tests {
             "expired records deleted: {left:?}"
         );
         assert_eq!(left.len(), 6, "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_token_expired_is_skipped_counted_and_kept() {
+        let authorised_until = |mut record: ConnectionRecord, at: u64| {
+            record.auth_expires_at = Some(at);
+            record
+        };
+        let store = store_with(&[
+            authorised_until(record("acme", "valid", *NOW + 60), *NOW + 1),
+            authorised_until(record("acme", "expired-now", *NOW + 60), *NOW),
+            authorised_until(record("acme", "expired-before", *NOW + 60), *NOW - 30),
+            // Written before records said: delivered as before.
+            record("acme", "older-record", *NOW + 60),
+        ])
+        .await;
+        let sender = Arc::new(ScriptedSender::default());
+        let report = deliver(
+            store.clone(),
+            &fallback(sender.clone()),
+            "acme",
+            Bytes::from_static(b"x"),
+            *NOW,
+            &fast(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            report,
+            DeliveryReport {
+                delivered: 2,
+                gone: 0,
+                failed: 0,
+                expired: 0,
+                expired_auth: 2
+            }
+        );
+        let mut posted: Vec<String> = sender
+            .posts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+        posted.sort();
+        assert_eq!(posted, ["older-record", "valid"]);
+        assert_eq!(
+            store.snapshot().len(),
+            4,
+            "their records stay (a refresh may come)"
+        );
+        assert_eq!(
+            serde_json::to_value(&report).unwrap(),
+            serde_json::json!({"delivered": 2, "gone": 0, "failed": 0, "expired": 0, "expiredAuth": 2})
+        );
     }
 
     #[tokio::test]
@@ -872,7 +946,8 @@ mod tests {
                 delivered: 0,
                 gone: 2,
                 failed: 1,
-                expired: 0
+                expired: 0,
+                expired_auth: 0
             }
         );
         let left: Vec<String> = store
@@ -936,7 +1011,8 @@ mod tests {
                 delivered: 3,
                 gone: 0,
                 failed: 1,
-                expired: 0
+                expired: 0,
+                expired_auth: 0
             }
         );
         let ids = |sender: &ScriptedSender| {

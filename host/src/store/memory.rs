@@ -129,6 +129,7 @@ mod tests {
             connected_at: "2026-12-06T00:00:00Z".into(),
             expires_at,
             endpoint: None,
+            auth_expires_at: None,
         }
     }
 

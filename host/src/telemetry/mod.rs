@@ -154,7 +154,7 @@ pub const STORE_OUTCOMES: [&str; 6] = [
     "unavailable",
     "other",
 ];
-pub const CLOSE_REASONS: [&str; 9] = [
+pub const CLOSE_REASONS: [&str; 10] = [
     "client",
     "lost",
     "idle",
@@ -163,9 +163,10 @@ pub const CLOSE_REASONS: [&str; 9] = [
     "deleted",
     "shutdown",
     "slow_reader",
+    "token_expired",
     "other",
 ];
-pub const DELIVERY_OUTCOMES: [&str; 4] = ["delivered", "gone", "failed", "expired"];
+pub const DELIVERY_OUTCOMES: [&str; 5] = ["delivered", "gone", "failed", "expired", "expired_auth"];
 
 /// Set once a process-wide recorder is installed (`serve`, Lambda): from
 /// then on the hot paths below register each series once and keep its

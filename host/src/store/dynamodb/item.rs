@@ -2,7 +2,9 @@
 //! range key `connectionId` (S), and `sub`, `connectedAt`, `expiresAt` (N,
 //! the TTL attribute) on each item; a KEYS_ONLY GSI on `connectionId`.
 //! `endpoint` (S), where the connection can be reached, only on items whose
-//! CONNECT named one; GitGazer's own reader ignores it.
+//! CONNECT named one; GitGazer's own reader ignores it. `authExpiresAt` (N),
+//! the `exp` of the token the connection was authorised with, on items
+//! whose CONNECT knew it: delivery stops at it.
 
 use std::collections::HashMap;
 
@@ -16,6 +18,7 @@ pub const SUB: &str = "sub";
 pub const CONNECTED_AT: &str = "connectedAt";
 pub const EXPIRES_AT: &str = "expiresAt";
 pub const ENDPOINT: &str = "endpoint";
+pub const AUTH_EXPIRES_AT: &str = "authExpiresAt";
 
 /// The `expiresAt` of a record written without one.
 pub const NO_EXPIRY: u64 = u64::MAX;
@@ -42,6 +45,12 @@ pub(super) fn put_request(record: &ConnectionRecord) -> Result<WriteRequest, Sto
     ]);
     if let Some(endpoint) = &record.endpoint {
         item.insert(ENDPOINT.to_owned(), AttributeValue::S(endpoint.clone()));
+    }
+    if let Some(auth_expires_at) = record.auth_expires_at {
+        item.insert(
+            AUTH_EXPIRES_AT.to_owned(),
+            AttributeValue::N(auth_expires_at.to_string()),
+        );
     }
     let put = PutRequest::builder()
         .set_item(Some(item))
@@ -85,6 +94,19 @@ pub(super) fn record_from(
         Some(_) => None,
     }
     .ok_or_else(|| StoreError::Other(format!("Query: an item with a non-numeric {EXPIRES_AT}")))?;
+    let auth_expires_at = match item.get(AUTH_EXPIRES_AT) {
+        None => None,
+        Some(AttributeValue::N(number)) => Some(number.parse().map_err(|_| {
+            StoreError::Other(format!(
+                "Query: an item with a non-numeric {AUTH_EXPIRES_AT}"
+            ))
+        })?),
+        Some(_) => {
+            return Err(StoreError::Other(format!(
+                "Query: an item with a non-numeric {AUTH_EXPIRES_AT}"
+            )));
+        }
+    };
     Ok(ConnectionRecord {
         integration_id: string_attribute(item, INTEGRATION_ID)?,
         connection_id: string_attribute(item, CONNECTION_ID)?,
@@ -92,6 +114,7 @@ pub(super) fn record_from(
         connected_at: string_attribute(item, CONNECTED_AT).unwrap_or_default(),
         expires_at,
         endpoint: string_attribute(item, ENDPOINT).ok(),
+        auth_expires_at,
     })
 }
 

@@ -72,6 +72,7 @@ impl Guest for Misbehaving {
                     connected_at: "1970-01-01T00:00:00Z".into(),
                     expires_at: req.now + 60,
                     endpoint: None,
+                    auth_expires_at: None,
                 };
                 connections::put_all(&[record]).expect("store accepts the record");
                 panic!("trapping after storing a record");
