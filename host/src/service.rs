@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::clock::unix_now;
 use crate::keys::KeySetSource;
-use crate::policy::{Capabilities, PolicyRuntime, Verdict};
+use crate::policy::{Capabilities, Connected, PolicyRuntime, Verdict};
 use crate::store::{ConnectionStore, StoreError};
 use crate::telemetry;
 use crate::wit::types::{ConnectRequest, Response, Settings};
@@ -45,15 +45,16 @@ impl Handler {
     }
 
     /// A CONNECT whose records say where the connection can be reached
-    /// (`endpoint`), with the `sub` of the user it stored records for (the
-    /// WebSocket endpoint counts sockets per user).
+    /// (`endpoint`), with the user it stored records for and until when
+    /// their token authorises them (the WebSocket endpoint counts sockets
+    /// per user and closes a socket whose token expired).
     pub async fn connect_as(
         &self,
         request_id: &str,
         connection_id: &str,
         id_token: Option<&str>,
         endpoint: Option<&str>,
-    ) -> (Response, Option<String>) {
+    ) -> (Response, Option<Connected>) {
         let request = ConnectRequest {
             connection_id: connection_id.to_owned(),
             id_token: id_token.map(str::to_owned),

@@ -959,3 +959,122 @@ async fn a_delivery_racing_a_connect_keeps_the_new_connections_records() {
         .collect();
     assert_eq!(left, ["connecting"]);
 }
+
+/// The `exp` claim of a token (its payload, unverified).
+fn exp_of(token: &str) -> u64 {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWS");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["exp"].as_u64().expect("exp")
+}
+
+/// Waits until the host's clock (seconds since the epoch) reaches `second`.
+async fn wait_until_second(second: u64) {
+    while unix_now() < second {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A token that expires in 3 s, a grace of 2 s: a delivery before `exp`
+/// arrives; one after it does not and is counted `expiredAuth`; the socket
+/// hears `refresh_required` before `exp`, and after the grace it is closed
+/// with 4001 `token expired` and its records are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_ends_delivery_and_after_the_grace_its_socket() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-auth-expiry");
+    create_table(&endpoint, &table);
+    let fixture = Fixture::start(&endpoint, &table, &[("AUTH_GRACE_SECONDS", "2")]);
+    let url = fixture.server.url("/dev/token?sub=alice&groups=acme&ttl=3");
+    let (status, token) = crate::support::get(&url).await;
+    assert_eq!(status, 200, "{token}");
+    let exp = exp_of(&token);
+    let mut socket = open_with_query(&fixture, &token).await;
+    let records = scan(&endpoint, &table).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    let auth_expires_at = client(&endpoint)
+        .scan()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap()
+        .items()[0]
+        .get("authExpiresAt")
+        .cloned();
+    assert_eq!(
+        auth_expires_at,
+        Some(AttributeValue::N(exp.to_string())),
+        "the record carries the token's exp"
+    );
+
+    // Before exp: delivered.
+    assert!(
+        unix_now() < exp,
+        "the token expired before the first delivery"
+    );
+    let report = deliver(&fixture, &endpoint, &table, "acme", r#"{"n":1}"#);
+    assert_eq!(report["delivered"], 1, "{report}");
+    assert_eq!(report["expiredAuth"], 0, "{report}");
+    let mut notice = None;
+    let mut first = None;
+    while first.is_none() {
+        let text = next_text(&mut socket, Duration::from_secs(5))
+            .await
+            .expect("the first delivery");
+        if text.contains("refresh_required") {
+            notice = Some(text);
+        } else {
+            first = Some(text);
+        }
+    }
+    assert_eq!(first.as_deref(), Some(r#"{"n":1}"#));
+
+    // After exp: skipped, counted, the records kept for the grace window.
+    wait_until_second(exp).await;
+    let report = deliver(&fixture, &endpoint, &table, "acme", r#"{"n":2}"#);
+    assert_eq!(
+        report,
+        serde_json::json!({"delivered": 0, "gone": 0, "failed": 0, "expired": 0, "expiredAuth": 1})
+    );
+    assert_eq!(
+        scan(&endpoint, &table).await.len(),
+        1,
+        "kept during the grace"
+    );
+
+    // The notice came before exp, with the seconds left; then, after the
+    // grace, the close; the delivery after exp never arrived.
+    let (code, reason) = loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+            Err(_) => panic!("no close within 10 s"),
+            Ok(Some(Ok(Message::Text(text)))) => {
+                assert!(
+                    text.contains("refresh_required") && notice.is_none(),
+                    "only one notice and no delivery after exp: {text}"
+                );
+                notice = Some(text.to_string());
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                break (u16::from(frame.code), frame.reason.to_string());
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+    };
+    assert!(
+        unix_now() >= exp + 2,
+        "closed only after the grace: at {} for exp {exp}",
+        unix_now()
+    );
+    assert_eq!((code, reason.as_str()), (4001, "token expired"));
+    let notice: serde_json::Value = serde_json::from_str(&notice.expect("a notice")).unwrap();
+    assert_eq!(notice["type"], "refresh_required");
+    let expires_in = notice["expiresIn"].as_u64().expect("expiresIn seconds");
+    assert!(expires_in <= 2, "half of a 3 s token's life: {notice}");
+    wait_for_table(&endpoint, &table, &BTreeSet::new()).await;
+}

@@ -6,13 +6,15 @@
 //!
 //! A socket ends on a close frame, a lost TCP connection, an unanswered
 //! ping, 10 minutes without data, 2 hours of age (API Gateway's limits),
-//! a send queue that overflows (a slow reader) or a `DELETE`; then the
-//! DISCONNECT decision runs and its records go.
+//! a send queue that overflows (a slow reader), a `DELETE`, or the token
+//! it was authorised with expiring (close code 4001 `token expired`, the
+//! grace window after its `exp`; a `refresh_required` message comes first);
+//! then the DISCONNECT decision runs and its records go.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -53,6 +55,9 @@ pub struct SocketLimits {
     pub ping_interval: Duration,
     /// One frame's write may take this long.
     pub send_timeout: Duration,
+    /// How long after its token's `exp` a socket stays open without a
+    /// refresh (deliveries stop at `exp`); then it is closed with 4001.
+    pub auth_grace: Duration,
 }
 
 impl Default for SocketLimits {
@@ -66,7 +71,65 @@ impl Default for SocketLimits {
             max_age: Duration::from_secs(7200),
             ping_interval: Duration::from_secs(30),
             send_timeout: Duration::from_secs(10),
+            auth_grace: Duration::from_secs(DEFAULT_AUTH_GRACE_SECONDS),
         }
+    }
+}
+
+/// The default grace window after a token's `exp` (Ably uses 30 s,
+/// Centrifugo 25 s).
+pub const DEFAULT_AUTH_GRACE_SECONDS: u64 = 30;
+
+/// The close code of a socket whose token expired: get a fresh token and
+/// reconnect.
+pub const TOKEN_EXPIRED_CODE: u16 = 4001;
+/// Its close reason.
+pub const TOKEN_EXPIRED_REASON: &str = "token expired";
+/// A socket hears `refresh_required` at most this long before its token's
+/// `exp` (and at most half the token's remaining life at CONNECT).
+pub const REFRESH_NOTICE: Duration = Duration::from_secs(60);
+
+/// When a socket's token stops authorising it: when to tell the client to
+/// refresh, when deliveries stop, when the socket is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AuthWindow {
+    /// The token's `exp`, seconds since the Unix epoch.
+    expires_at: u64,
+    /// When `refresh_required` is sent (`None`: sent already).
+    notice_at: Option<Instant>,
+    /// `exp` plus the grace window: closed with 4001.
+    close_at: Instant,
+}
+
+impl AuthWindow {
+    /// The window of a token expiring at `expires_at`, seen at `now`.
+    fn new(expires_at: u64, grace: Duration, now: SystemTime) -> Self {
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        let until_exp = Duration::from_secs(expires_at)
+            .saturating_sub(now)
+            // A far-future exp must not overflow an Instant.
+            .min(LONGEST_SOCKET_LIMIT);
+        let notice = REFRESH_NOTICE.min(until_exp / 2);
+        let start = Instant::now();
+        Self {
+            expires_at,
+            notice_at: Some(start + (until_exp - notice)),
+            close_at: start + until_exp + grace,
+        }
+    }
+
+    /// `{"type":"refresh_required","expiresIn":S}`: seconds until `exp`
+    /// (relative, so the client's clock does not matter).
+    fn notice(&self, now: SystemTime) -> String {
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        format!(
+            r#"{{"type":"refresh_required","expiresIn":{}}}"#,
+            self.expires_at.saturating_sub(now)
+        )
     }
 }
 
@@ -86,6 +149,11 @@ enum ServerClose {
     SlowReader,
     /// The host is shutting down.
     Shutdown,
+}
+
+/// A far-off instant for a timer that is not armed.
+fn never() -> Instant {
+    Instant::now() + LONGEST_SOCKET_LIMIT
 }
 
 impl ServerClose {
@@ -396,7 +464,7 @@ pub async fn upgrade(
     let (token, bearer) = upgrade_token(headers, query_token);
     let connection_id = new_connection_id();
     let registration = sockets.register(&connection_id);
-    let (reply, sub): (PolicyResponse, _) = handler
+    let (reply, connected): (PolicyResponse, _) = handler
         .connect_as(
             &new_request_id(),
             &connection_id,
@@ -407,8 +475,9 @@ pub async fn upgrade(
     if reply.status != 200 {
         return reply.into_response();
     }
-    if let Some(sub) = sub
-        && let Err(why) = slot.claim_user(&sub)
+    let auth_expires_at = connected.as_ref().and_then(|c| c.auth_expires_at);
+    if let Some(connected) = connected
+        && let Err(why) = slot.claim_user(&connected.sub)
     {
         // The CONNECT stored records: a refused socket must leave none.
         tracing::warn!(connection_id, "too many sockets of one user; refused");
@@ -432,7 +501,9 @@ pub async fn upgrade(
                 handler.disconnect(&new_request_id(), &connection_id).await;
             });
         })
-        .on_upgrade(move |socket| serve_socket(socket, registration, handler, slot))
+        .on_upgrade(move |socket| {
+            serve_socket(socket, registration, handler, slot, auth_expires_at)
+        })
 }
 
 /// An API Gateway-like connection id: 12 random bytes, URL-safe base64.
@@ -446,6 +517,7 @@ async fn serve_socket(
     mut registration: Registration,
     handler: Handler,
     slot: Slot,
+    auth_expires_at: Option<u64>,
 ) {
     let sockets = slot.sockets.clone();
     let limits = sockets.limits.clone();
@@ -468,7 +540,11 @@ async fn serve_socket(
     let mut ping = tokio::time::interval_at(opened + limits.ping_interval, limits.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut awaiting_pong = false;
+    let mut auth = auth_expires_at
+        .map(|expires_at| AuthWindow::new(expires_at, limits.auth_grace, SystemTime::now()));
     let reason = loop {
+        let notice_at = auth.and_then(|auth| auth.notice_at);
+        let auth_close_at = auth.map(|auth| auth.close_at);
         let deadline = (last_data + limits.idle_timeout).min(opened + limits.max_age);
         tokio::select! {
             // First, so that a socket the server has ended sends nothing more.
@@ -515,6 +591,21 @@ async fn serve_socket(
                     break "connection lost";
                 }
             }
+            () = tokio::time::sleep_until(notice_at.unwrap_or_else(never)), if notice_at.is_some() => {
+                let Some(window) = auth.as_mut() else { continue };
+                window.notice_at = None;
+                let notice = Message::Text(window.notice(SystemTime::now()).into());
+                let sent = tokio::time::timeout(limits.send_timeout, socket.send(notice)).await;
+                match sent {
+                    Ok(Ok(())) => last_data = Instant::now(),
+                    Ok(Err(_)) => break "connection lost",
+                    Err(_) => break "send timed out (slow reader)",
+                }
+            }
+            () = tokio::time::sleep_until(auth_close_at.unwrap_or_else(never)), if auth_close_at.is_some() => {
+                close_with(&mut socket, &limits, TOKEN_EXPIRED_CODE, TOKEN_EXPIRED_REASON).await;
+                break TOKEN_EXPIRED_REASON;
+            }
             () = tokio::time::sleep_until(deadline) => {
                 let why = if deadline == opened + limits.max_age { "maximum age" } else { "idle" };
                 close_with(&mut socket, &limits, 1001, why).await;
@@ -546,6 +637,7 @@ fn close_label(reason: &str) -> &'static str {
         "closed by the server" => "deleted",
         "server shutting down" => "shutdown",
         "slow reader" | "send timed out (slow reader)" => "slow_reader",
+        TOKEN_EXPIRED_REASON => "token_expired",
         _ => "other",
     }
 }
@@ -590,6 +682,7 @@ mod tests {
             "maximum age",
             "no pong",
             "send timed out (slow reader)",
+            TOKEN_EXPIRED_REASON,
         ]
         .into_iter()
         .chain(
@@ -605,6 +698,40 @@ mod tests {
             assert_ne!(label, "other", "{end}");
             assert!(telemetry::CLOSE_REASONS.contains(&label), "{label}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_refresh_notice_comes_a_minute_or_half_the_life_before_exp_and_the_close_after_the_grace()
+     {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let grace = Duration::from_secs(30);
+        let start = Instant::now();
+        let near = |at: Instant, from_start: u64| {
+            let expected = start + Duration::from_secs(from_start);
+            at.max(expected) - at.min(expected) < Duration::from_millis(500)
+        };
+        // An hour left: notice a minute before, close 30 s after.
+        let hour = AuthWindow::new(1_800_003_600, grace, now);
+        assert!(near(hour.notice_at.unwrap(), 3540), "{hour:?}");
+        assert!(near(hour.close_at, 3630), "{hour:?}");
+        assert_eq!(
+            hour.notice(now),
+            r#"{"type":"refresh_required","expiresIn":3600}"#
+        );
+        // Three seconds left: notice half-way.
+        let short = AuthWindow::new(1_800_000_004, grace, now);
+        assert!(near(short.notice_at.unwrap(), 2), "{short:?}");
+        assert!(near(short.close_at, 34), "{short:?}");
+        // Already expired: notice now, close after the grace.
+        let past = AuthWindow::new(1_799_999_000, grace, now);
+        assert!(near(past.notice_at.unwrap(), 0), "{past:?}");
+        assert!(near(past.close_at, 30), "{past:?}");
+        assert_eq!(
+            past.notice(now),
+            r#"{"type":"refresh_required","expiresIn":0}"#
+        );
+        // A far-future exp does not overflow.
+        let _ = AuthWindow::new(u64::MAX, grace, now);
     }
 
     fn limits(max_connections: usize) -> SocketLimits {

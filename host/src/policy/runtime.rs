@@ -26,6 +26,14 @@ impl Response {
     }
 }
 
+/// Who a CONNECT stored records for, and until when their token authorises
+/// them (`authExpiresAt`, seconds since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    pub sub: String,
+    pub auth_expires_at: Option<u64>,
+}
+
 /// A token's verdict, from `verify-token`; a rejection's WIT name
 /// (`bad-signature`, ...) is `TokenRejection::name`.
 pub type Verdict = Result<Identity, TokenRejection>;
@@ -46,13 +54,13 @@ impl PolicyRuntime {
         self.engine.loaded_guest()
     }
 
-    /// Decides a CONNECT; with the `sub` of the user whose records it stored.
+    /// Decides a CONNECT; with whose records it stored and until when.
     pub async fn connect(
         &self,
         caps: &Capabilities,
         request_id: &str,
         request: &ConnectRequest,
-    ) -> (Response, Option<String>) {
+    ) -> (Response, Option<Connected>) {
         let call = Call::start("handle-connect");
         let Some(_slot) = self.engine.admit().await else {
             return (Response::internal_error(), None);
@@ -69,7 +77,11 @@ impl PolicyRuntime {
         match result {
             Ok(response) => {
                 call.done();
-                (response, ledger.sub().map(str::to_owned))
+                let connected = ledger.sub().map(|sub| Connected {
+                    sub: sub.to_owned(),
+                    auth_expires_at: ledger.auth_expires_at(),
+                });
+                (response, connected)
             }
             Err(trap) => {
                 ledger.roll_back(&*caps.store, request_id).await;
