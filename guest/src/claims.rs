@@ -144,6 +144,18 @@ pub fn validate_full(
     })
 }
 
+/// The `sub` and `iat` (whole seconds, rounded down) of claims verified
+/// earlier, read without checking anything else: the current token of a
+/// connection, whose time window may have passed.
+pub fn peek(claims: &Object) -> Option<(String, Option<u64>)> {
+    let sub = claims.get("sub").and_then(Value::as_str)?.to_owned();
+    let iat = match claims.get("iat") {
+        None => None,
+        Some(value) => Some(NumericDate::from_value(value)?.whole_seconds()),
+    };
+    Some((sub, iat))
+}
+
 /// `cognito:groups`: an array of non-empty strings, duplicates collapsed in
 /// order of first appearance. Anything else (absent, not an array, holding a
 /// non-string or an empty string) means no groups at all: a partly readable

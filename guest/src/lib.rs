@@ -38,10 +38,10 @@ pub mod types;
 pub mod verify;
 
 pub use capabilities::{Capabilities, Level};
-pub use handler::{handle_connect, handle_disconnect};
+pub use handler::{handle_connect, handle_disconnect, handle_refresh};
 pub use types::{
-    ConnectRequest, ConnectionRecord, DisconnectRequest, Identity, RecordKey, Rejection, Response,
-    Settings, StoreError, Verified,
+    ConnectRequest, ConnectionRecord, DisconnectRequest, Identity, RecordKey, RefreshRequest,
+    RefreshResponse, Rejection, Response, Settings, StoreError, Verified,
 };
 pub use verify::{verify_token, verify_token_full};
 
@@ -84,6 +84,25 @@ mod component {
                 connection_id: req.connection_id,
             };
             response_to_wit(handle_disconnect(&request, &mut HostCapabilities))
+        }
+
+        fn handle_refresh(req: types::RefreshRequest) -> types::RefreshResponse {
+            let request = RefreshRequest {
+                connection_id: req.connection_id,
+                id_token: req.id_token,
+                current_token: req.current_token,
+                now: req.now,
+                connected_at: req.connected_at,
+                settings: settings_from_wit(req.settings),
+                endpoint: req.endpoint,
+            };
+            let response = handle_refresh(&request, &mut HostCapabilities);
+            types::RefreshResponse {
+                code: response.code,
+                body: response.body,
+                rejection: response.rejection.map(rejection_to_wit),
+                expires_at: response.expires_at,
+            }
         }
 
         fn verify_token(

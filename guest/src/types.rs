@@ -34,6 +34,39 @@ pub struct ConnectRequest {
     pub endpoint: Option<String>,
 }
 
+/// An in-band refresh: a connection presents a new id token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshRequest {
+    /// The connection whose authorisation is renewed.
+    pub connection_id: String,
+    /// The new token, if the frame carried one.
+    pub id_token: Option<String>,
+    /// The token the connection is authorised with now.
+    pub current_token: String,
+    /// Seconds since the epoch, read by the host.
+    pub now: u64,
+    /// When the connection was made, seconds since the epoch.
+    pub connected_at: u64,
+    /// Verification and record settings.
+    pub settings: Settings,
+    /// Where the connection can be reached (copied into each record).
+    pub endpoint: Option<String>,
+}
+
+/// What a refresh answers: 1000 and the `refreshed` frame, or the close
+/// code and reason that end the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshResponse {
+    /// 1000: refreshed; else the close code (4001, 4003, 1011).
+    pub code: u16,
+    /// The frame for the client, or the close reason.
+    pub body: String,
+    /// Why the new token was refused, when that is why.
+    pub rejection: Option<Rejection>,
+    /// When refreshed: the new token's `exp`.
+    pub expires_at: Option<u64>,
+}
+
 /// A WebSocket DISCONNECT event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisconnectRequest {

@@ -47,6 +47,14 @@ pub fn verify_token_full(
     claims::validate_full(&claims, now, settings)
 }
 
+/// The `sub` and `iat` of a token verified earlier (a connection's current
+/// token), without verifying it again; `None` when it does not parse.
+pub fn peek_token(token: &str) -> Option<(String, Option<u64>)> {
+    let jws = token::parse(token).ok()?;
+    let claims = json::parse_object_strict(&jws.payload).ok()?;
+    claims::peek(&claims)
+}
+
 /// Runs steps 1 to 4 on a compact JWS whose payload need not be JSON: the
 /// signature-level half of [`verify_token`], for callers and tests that check
 /// JWS test vectors (whose payloads are raw bytes).

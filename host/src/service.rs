@@ -9,7 +9,7 @@ use crate::keys::KeySetSource;
 use crate::policy::{Capabilities, Connected, PolicyRuntime, Verdict};
 use crate::store::{ConnectionStore, StoreError};
 use crate::telemetry;
-use crate::wit::types::{ConnectRequest, Response, Settings};
+use crate::wit::types::{ConnectRequest, RefreshRequest, RefreshResponse, Response, Settings};
 
 #[derive(Clone)]
 pub struct Handler {
@@ -66,6 +66,39 @@ impl Handler {
         tracing::info!(request_id, connection_id, status = reply.status, "CONNECT");
         telemetry::connect(reply.status, reply.rejection);
         (reply, sub)
+    }
+
+    /// An in-band refresh of a connection authorised with `current_token`
+    /// since `connected_at` (seconds since the Unix epoch).
+    pub async fn refresh(
+        &self,
+        request_id: &str,
+        connection_id: &str,
+        id_token: Option<&str>,
+        current_token: &str,
+        connected_at: u64,
+        endpoint: Option<&str>,
+    ) -> RefreshResponse {
+        let request = RefreshRequest {
+            connection_id: connection_id.to_owned(),
+            id_token: id_token.map(str::to_owned),
+            current_token: current_token.to_owned(),
+            now: unix_now(),
+            connected_at,
+            settings: self.settings.clone(),
+            endpoint: endpoint.map(str::to_owned),
+        };
+        let reply = self.runtime.refresh(&self.caps, request_id, &request).await;
+        // The rejection class, never the token.
+        tracing::info!(
+            request_id,
+            connection_id,
+            code = reply.code,
+            rejection = reply.rejection.map(|r| r.name()),
+            "REFRESH"
+        );
+        telemetry::refresh(reply.code);
+        reply
     }
 
     /// A DISCONNECT.

@@ -13,7 +13,7 @@ use gitgazer_ws::policy::{
     Capabilities, EngineOptions, GUEST_COMPONENT, GuestBuild, LoadedGuest, PolicyRuntime,
 };
 use gitgazer_ws::store::{ConnectionRecord, ConnectionStore, RecordKey, StoreError};
-use gitgazer_ws::wit::types::{ConnectRequest, Identity, Response, Settings};
+use gitgazer_ws::wit::types::{ConnectRequest, Identity, RefreshRequest, Response, Settings};
 use gitgazer_ws_tests::conformance::{cases_path, document, write_cases};
 use serde_json::{Value, json};
 
@@ -243,6 +243,24 @@ async fn run_case(runtime: &PolicyRuntime, case: &Value) -> Value {
                 .await
                 .0,
         ),
+        "refresh" => {
+            let r = runtime
+                .refresh(
+                    &caps,
+                    name,
+                    &RefreshRequest {
+                        connection_id: str_of(call, "connection-id").into(),
+                        id_token: call["id-token"].as_str().map(str::to_owned),
+                        current_token: str_of(call, "current-token").into(),
+                        now: u64_of(call, "now"),
+                        connected_at: u64_of(call, "connected-at"),
+                        settings: settings_of(&call["settings"]),
+                        endpoint: call["endpoint"].as_str().map(str::to_owned),
+                    },
+                )
+                .await;
+            json!({ "refresh": { "code": r.code, "body": r.body, "expires-at": r.expires_at } })
+        }
         "disconnect" => reply(
             runtime
                 .disconnect(&caps, name, str_of(call, "connection-id"))
@@ -345,7 +363,7 @@ async fn run_conformance(build: GuestBuild, expected: LoadedGuest) {
 }
 
 /// How many cases the set holds; a change is a change of the set.
-const CASES: usize = 80;
+const CASES: usize = 89;
 
 /// A token with what changes from one generation to the next masked: the
 /// signing key's `kid` in a header segment, and signatures (segments from
@@ -385,7 +403,7 @@ fn stable(mut document: Value) -> Value {
                 *set = json!("<key set>");
             }
         }
-        for field in ["id-token", "token"] {
+        for field in ["id-token", "token", "current-token"] {
             if let Some(Value::String(token)) = case["call"].get_mut(field) {
                 *token = stable_token(token);
             }

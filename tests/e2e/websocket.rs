@@ -1078,3 +1078,186 @@ async fn an_expired_token_ends_delivery_and_after_the_grace_its_socket() {
     assert!(expires_in <= 2, "half of a 3 s token's life: {notice}");
     wait_for_table(&endpoint, &table, &BTreeSet::new()).await;
 }
+
+/// A dev token of `sub` in `groups`, valid for `ttl` seconds.
+async fn dev_token(fixture: &Fixture, sub: &str, groups: &str, ttl: u64) -> String {
+    let url = fixture
+        .server
+        .url(&format!("/dev/token?sub={sub}&groups={groups}&ttl={ttl}"));
+    let (status, token) = crate::support::get(&url).await;
+    assert_eq!(status, 200, "{token}");
+    token
+}
+
+/// The next text frame that is not a `refresh_required` notice.
+async fn next_answer(socket: &mut Socket, wait: Duration) -> Option<String> {
+    loop {
+        let text = next_text(socket, wait).await?;
+        if !text.contains("refresh_required") {
+            return Some(text);
+        }
+    }
+}
+
+async fn send_refresh(socket: &mut Socket, token: &str) {
+    let frame = serde_json::json!({"action": "refresh", "idToken": token}).to_string();
+    socket.send(Message::Text(frame.into())).await.unwrap();
+}
+
+/// The close frame, skipping notices (and nothing else).
+async fn closed_with(socket: &mut Socket, wait: Duration) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Err(_) => panic!("no close frame within {wait:?}"),
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                return (u16::from(frame.code), frame.reason.to_string());
+            }
+            Ok(Some(Ok(Message::Text(text)))) if text.contains("refresh_required") => {}
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// A refresh before `exp` with a token that drops group `b` and adds `c`:
+/// the answer lists them, the records follow, and the socket keeps
+/// receiving past the first token's `exp` and grace, but not `b`'s events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_moves_the_expiry_and_brings_the_groups_in_line() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-refresh");
+    create_table(&endpoint, &table);
+    let fixture = Fixture::start(&endpoint, &table, &[("AUTH_GRACE_SECONDS", "2")]);
+    let first = dev_token(&fixture, "alice", "a,b", 3).await;
+    let first_exp = exp_of(&first);
+    let mut socket = open_with_query(&fixture, &first).await;
+    let id = connections_of(&endpoint, &table, "a").await.remove(0);
+
+    let second = dev_token(&fixture, "alice", "a,c", 600).await;
+    send_refresh(&mut socket, &second).await;
+    let answer: serde_json::Value = serde_json::from_str(
+        &next_answer(&mut socket, Duration::from_secs(5))
+            .await
+            .expect("an answer"),
+    )
+    .unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({"type": "refreshed", "expiresAt": exp_of(&second), "added": ["c"], "removed": ["b"]})
+    );
+    let expected: BTreeSet<(String, String)> = [("a", &id), ("c", &id)]
+        .into_iter()
+        .map(|(g, c)| (g.to_owned(), c.clone()))
+        .collect();
+    wait_for_table(&endpoint, &table, &expected).await;
+
+    // Past the first token's exp and grace: still open, still receiving.
+    wait_until_second(first_exp + 3).await;
+    let report = deliver(&fixture, &endpoint, &table, "a", r#"{"n":"a"}"#);
+    assert_eq!(report["delivered"], 1, "{report}");
+    assert_eq!(
+        next_answer(&mut socket, Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some(r#"{"n":"a"}"#)
+    );
+    let report = deliver(&fixture, &endpoint, &table, "b", r#"{"n":"b"}"#);
+    assert_eq!(report["delivered"], 0, "{report}");
+    let report = deliver(&fixture, &endpoint, &table, "c", r#"{"n":"c"}"#);
+    assert_eq!(report["delivered"], 1, "{report}");
+    assert_eq!(
+        next_answer(&mut socket, Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some(r#"{"n":"c"}"#),
+        "b's event never arrives"
+    );
+    socket.close(None).await.unwrap();
+    wait_for_table(&endpoint, &table, &BTreeSet::new()).await;
+}
+
+/// Refused refreshes close the socket with the policy's code, leave no
+/// records and put nothing of the token in the logs; a second refresh
+/// within 10 s closes 4029.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_refreshes_close_with_their_code_and_leave_no_records() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-refresh-refused");
+    create_table(&endpoint, &table);
+    let fixture = Fixture::start(&endpoint, &table, &[]);
+    let older = dev_token(&fixture, "alice", "acme", 600).await;
+    let short = dev_token(&fixture, "alice", "acme", 1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let current = dev_token(&fixture, "alice", "acme", 600).await;
+    assert_ne!(older, current);
+    let other_user = dev_token(&fixture, "bob", "acme", 600).await;
+    let mut forged = current.clone();
+    forged.truncate(forged.len() - 6);
+    forged.push_str("AAAAAA");
+    // `short` has expired by now (dev mode has no leeway).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let cases: [(&str, &str, u16, &str); 5] = [
+        ("another user", &other_user, 4003, "forbidden"),
+        ("the same token", &current, 4001, "token invalid"),
+        ("an older token", &older, 4001, "token invalid"),
+        ("a forged token", &forged, 4001, "token invalid"),
+        ("an expired token", &short, 4001, "token expired"),
+    ];
+    for (what, token, code, reason) in cases {
+        let mut socket = open_with_query(&fixture, &current).await;
+        wait_for_table_len(&endpoint, &table, 1).await;
+        send_refresh(&mut socket, token).await;
+        assert_eq!(
+            closed_with(&mut socket, Duration::from_secs(10)).await,
+            (code, reason.to_owned()),
+            "{what}"
+        );
+        wait_for_table(&endpoint, &table, &BTreeSet::new()).await;
+    }
+
+    // Rate: the first refresh is answered, a second within 10 s closes 4029.
+    let mut socket = open_with_query(&fixture, &current).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let newer = dev_token(&fixture, "alice", "acme", 600).await;
+    send_refresh(&mut socket, &newer).await;
+    let answer = next_answer(&mut socket, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(answer.contains(r#""type":"refreshed""#), "{answer}");
+    send_refresh(&mut socket, &newer).await;
+    assert_eq!(
+        closed_with(&mut socket, Duration::from_secs(10)).await,
+        (4029, "rate limited".to_owned())
+    );
+    wait_for_table(&endpoint, &table, &BTreeSet::new()).await;
+
+    // A refresh frame over 16 KiB closes 1009.
+    let mut socket = open_with_query(&fixture, &current).await;
+    send_refresh(&mut socket, &"x".repeat(16 * 1024)).await;
+    assert_eq!(
+        closed_with(&mut socket, Duration::from_secs(10)).await,
+        (1009, "message too big".to_owned())
+    );
+    wait_for_table(&endpoint, &table, &BTreeSet::new()).await;
+
+    let logs = fixture.server.logs();
+    for token in [&older, &current, &other_user, &forged, &short, &newer] {
+        for segment in token.split('.').filter(|s| s.len() > 8) {
+            assert!(!logs.contains(segment), "a token segment is in the logs");
+        }
+    }
+    for class in [
+        "another sub",
+        "the current token again",
+        "older than the current token",
+        "token bad-signature",
+        "token expired",
+    ] {
+        assert!(
+            logs.contains(&format!("refresh refused: {class}")),
+            "{class} not logged"
+        );
+    }
+}

@@ -89,6 +89,72 @@ pub const TOKEN_EXPIRED_REASON: &str = "token expired";
 /// `exp` (and at most half the token's remaining life at CONNECT).
 pub const REFRESH_NOTICE: Duration = Duration::from_secs(60);
 
+/// A refresh frame is at most this long (a text frame over it closes the
+/// socket with 1009: the only frame a client sends is a refresh).
+pub const MAX_REFRESH_FRAME_BYTES: usize = 16 * 1024;
+/// At most one refresh per this long…
+pub const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// …and at most [`REFRESHES_PER_MINUTE`] in any minute; beyond: 4029.
+pub const REFRESHES_PER_MINUTE: usize = 5;
+/// The close code and reason of a socket that refreshes too often.
+pub const RATE_LIMITED_CODE: u16 = 4029;
+pub const RATE_LIMITED_REASON: &str = "rate limited";
+
+/// `{"action":"refresh","idToken":"…"}`.
+#[derive(serde::Deserialize)]
+struct ClientFrame {
+    action: String,
+    #[serde(rename = "idToken")]
+    id_token: Option<String>,
+}
+
+/// The token of a refresh frame (`Some(None)`: a refresh without one);
+/// `None` for any other text (ignored, as before refreshes existed).
+fn refresh_frame(text: &str) -> Option<Option<String>> {
+    let frame: ClientFrame = serde_json::from_str(text).ok()?;
+    (frame.action == "refresh").then_some(frame.id_token)
+}
+
+/// How often a socket may refresh: one per [`REFRESH_MIN_INTERVAL`],
+/// [`REFRESHES_PER_MINUTE`] per minute.
+#[derive(Debug, Default)]
+struct RefreshLimiter {
+    recent: std::collections::VecDeque<Instant>,
+}
+
+impl RefreshLimiter {
+    /// Whether a refresh at `now` is allowed (and counts it if so).
+    fn allow(&mut self, now: Instant) -> bool {
+        while self
+            .recent
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= Duration::from_secs(60))
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= REFRESHES_PER_MINUTE
+            || self
+                .recent
+                .back()
+                .is_some_and(|at| now.duration_since(*at) < REFRESH_MIN_INTERVAL)
+        {
+            return false;
+        }
+        self.recent.push_back(now);
+        true
+    }
+}
+
+/// What a socket is authorised with: the token its CONNECT (or last
+/// refresh) verified, and where its records say it lives.
+pub struct SocketAuth {
+    token: String,
+    expires_at: Option<u64>,
+    endpoint: String,
+    /// When the socket connected, seconds since the Unix epoch.
+    connected_at: u64,
+}
+
 /// When a socket's token stops authorising it: when to tell the client to
 /// refresh, when deliveries stop, when the socket is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +216,10 @@ enum ServerClose {
     /// The host is shutting down.
     Shutdown,
 }
+
+/// Why a socket ended after a refused refresh (its close frame carries the
+/// policy's code and reason).
+const REFRESH_REFUSED: &str = "refresh refused";
 
 /// A far-off instant for a timer that is not armed.
 fn never() -> Instant {
@@ -475,7 +545,12 @@ pub async fn upgrade(
     if reply.status != 200 {
         return reply.into_response();
     }
-    let auth_expires_at = connected.as_ref().and_then(|c| c.auth_expires_at);
+    let auth = SocketAuth {
+        token: token.clone().unwrap_or_default(),
+        expires_at: connected.as_ref().and_then(|c| c.auth_expires_at),
+        endpoint: endpoint.clone(),
+        connected_at: crate::clock::unix_now(),
+    };
     if let Some(connected) = connected
         && let Err(why) = slot.claim_user(&connected.sub)
     {
@@ -501,9 +576,7 @@ pub async fn upgrade(
                 handler.disconnect(&new_request_id(), &connection_id).await;
             });
         })
-        .on_upgrade(move |socket| {
-            serve_socket(socket, registration, handler, slot, auth_expires_at)
-        })
+        .on_upgrade(move |socket| serve_socket(socket, registration, handler, slot, auth))
 }
 
 /// An API Gateway-like connection id: 12 random bytes, URL-safe base64.
@@ -517,7 +590,7 @@ async fn serve_socket(
     mut registration: Registration,
     handler: Handler,
     slot: Slot,
-    auth_expires_at: Option<u64>,
+    mut authorised: SocketAuth,
 ) {
     let sockets = slot.sockets.clone();
     let limits = sockets.limits.clone();
@@ -540,8 +613,10 @@ async fn serve_socket(
     let mut ping = tokio::time::interval_at(opened + limits.ping_interval, limits.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut awaiting_pong = false;
-    let mut auth = auth_expires_at
+    let mut auth = authorised
+        .expires_at
         .map(|expires_at| AuthWindow::new(expires_at, limits.auth_grace, SystemTime::now()));
+    let mut limiter = RefreshLimiter::default();
     let reason = loop {
         let notice_at = auth.and_then(|auth| auth.notice_at);
         let auth_close_at = auth.map(|auth| auth.close_at);
@@ -560,8 +635,51 @@ async fn serve_socket(
                 Some(Ok(Message::Close(_))) => break "closed by the client",
                 Some(Ok(Message::Pong(_))) => awaiting_pong = false,
                 Some(Ok(Message::Ping(_))) => {} // answered by the library
-                // No routes beyond $connect/$disconnect: data is ignored, but
-                // it counts as activity.
+                Some(Ok(Message::Text(text))) => {
+                    last_data = Instant::now();
+                    if text.len() > MAX_REFRESH_FRAME_BYTES {
+                        close_with(&mut socket, &limits, 1009, "message too big").await;
+                        break "message too big";
+                    }
+                    // Any other text is ignored, as before refreshes.
+                    let Some(new_token) = refresh_frame(&text) else { continue };
+                    if !limiter.allow(Instant::now()) {
+                        tracing::info!(connection_id, "refresh refused: rate limited");
+                        telemetry::refresh(RATE_LIMITED_CODE);
+                        close_with(&mut socket, &limits, RATE_LIMITED_CODE, RATE_LIMITED_REASON).await;
+                        break RATE_LIMITED_REASON;
+                    }
+                    // Awaited here: one refresh in flight per socket.
+                    let reply = handler
+                        .refresh(
+                            &new_request_id(),
+                            &connection_id,
+                            new_token.as_deref(),
+                            &authorised.token,
+                            authorised.connected_at,
+                            Some(&authorised.endpoint),
+                        )
+                        .await;
+                    match (reply.code, reply.expires_at, new_token) {
+                        (1000, Some(expires_at), Some(new_token)) => {
+                            authorised.token = new_token;
+                            auth = Some(AuthWindow::new(expires_at, limits.auth_grace, SystemTime::now()));
+                            let answer = Message::Text(reply.body.into());
+                            let sent = tokio::time::timeout(limits.send_timeout, socket.send(answer)).await;
+                            match sent {
+                                Ok(Ok(())) => last_data = Instant::now(),
+                                Ok(Err(_)) => break "connection lost",
+                                Err(_) => break "send timed out (slow reader)",
+                            }
+                        }
+                        (code, _, _) => {
+                            let code = if code == 1000 { 1011 } else { code };
+                            close_with(&mut socket, &limits, code, &reply.body).await;
+                            break REFRESH_REFUSED;
+                        }
+                    }
+                }
+                // Binary data is ignored, but it counts as activity.
                 Some(Ok(_)) => last_data = Instant::now(),
             },
             // The sending side keeps a handle until the socket is removed,
@@ -638,6 +756,9 @@ fn close_label(reason: &str) -> &'static str {
         "server shutting down" => "shutdown",
         "slow reader" | "send timed out (slow reader)" => "slow_reader",
         TOKEN_EXPIRED_REASON => "token_expired",
+        REFRESH_REFUSED => "refresh_refused",
+        RATE_LIMITED_REASON => "rate_limited",
+        "message too big" => "too_big",
         _ => "other",
     }
 }
@@ -683,6 +804,9 @@ mod tests {
             "no pong",
             "send timed out (slow reader)",
             TOKEN_EXPIRED_REASON,
+            REFRESH_REFUSED,
+            RATE_LIMITED_REASON,
+            "message too big",
         ]
         .into_iter()
         .chain(
@@ -732,6 +856,32 @@ mod tests {
         );
         // A far-future exp does not overflow.
         let _ = AuthWindow::new(u64::MAX, grace, now);
+    }
+
+    #[test]
+    fn refreshes_are_one_per_ten_seconds_and_five_per_minute() {
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let mut limiter = RefreshLimiter::default();
+        assert!(limiter.allow(at(0)));
+        assert!(!limiter.allow(at(9)), "within 10 s of the last");
+        let mut limiter = RefreshLimiter::default();
+        for second in [0, 10, 20, 30, 40] {
+            assert!(limiter.allow(at(second)), "{second}");
+        }
+        assert!(!limiter.allow(at(50)), "a sixth within a minute");
+        assert!(limiter.allow(at(60)), "the first has left the minute");
+    }
+
+    #[test]
+    fn only_a_refresh_action_is_a_refresh() {
+        assert_eq!(
+            refresh_frame(r#"{"action":"refresh","idToken":"a.b.c"}"#),
+            Some(Some("a.b.c".to_owned()))
+        );
+        assert_eq!(refresh_frame(r#"{"action":"refresh"}"#), Some(None));
+        assert_eq!(refresh_frame(r#"{"action":"ping"}"#), None);
+        assert_eq!(refresh_frame("hello"), None);
     }
 
     fn limits(max_connections: usize) -> SocketLimits {

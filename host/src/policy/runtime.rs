@@ -10,7 +10,8 @@ use super::engine::{EngineOptions, LoadedGuest, PolicyEngine};
 use super::request::Capabilities;
 use crate::telemetry::{self, PolicyFailure};
 use crate::wit::types::{
-    ConnectRequest, DisconnectRequest, Identity, Response, Settings, TokenRejection,
+    ConnectRequest, DisconnectRequest, Identity, RefreshRequest, RefreshResponse, Response,
+    Settings, TokenRejection,
 };
 
 /// The body of every 500: nothing about internals reaches clients.
@@ -118,6 +119,47 @@ impl PolicyRuntime {
                 response
             }
             Err(trap) => call.failed(request_id, "handle-disconnect", &trap),
+        }
+    }
+
+    /// Decides an in-band refresh. A trap or a failed instantiation ends
+    /// the connection with 1011 (its records go with its DISCONNECT).
+    pub async fn refresh(
+        &self,
+        caps: &Capabilities,
+        request_id: &str,
+        request: &RefreshRequest,
+    ) -> RefreshResponse {
+        let internal = || RefreshResponse {
+            code: 1011,
+            body: "internal error".into(),
+            rejection: None,
+            expires_at: None,
+        };
+        let call = Call::start("handle-refresh");
+        let Some(_slot) = self.engine.admit().await else {
+            return internal();
+        };
+        let (mut store, guest) = match self.engine.instantiate(caps, request_id).await {
+            Ok(instance) => instance,
+            Err(e) => {
+                call.failed(request_id, "instantiate", &e);
+                return internal();
+            }
+        };
+        match guest
+            .gitgazer_ws_handler_handler()
+            .call_handle_refresh(&mut store, request)
+            .await
+        {
+            Ok(response) => {
+                call.done();
+                response
+            }
+            Err(trap) => {
+                call.failed(request_id, "handle-refresh", &trap);
+                internal()
+            }
         }
     }
 

@@ -25,8 +25,8 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use bindings::exports::gitgazer::ws_handler::handler::Guest;
 use bindings::gitgazer::ws_handler::types::{
-    ConnectRequest, ConnectionRecord, DisconnectRequest, Identity, Response, Settings,
-    TokenRejection,
+    ConnectRequest, ConnectionRecord, DisconnectRequest, Identity, RefreshRequest, RefreshResponse,
+    Response, Settings, TokenRejection,
 };
 use bindings::gitgazer::ws_handler::{connections, log};
 
@@ -90,6 +90,15 @@ impl Guest for Misbehaving {
             status: 200,
             body: "ok".into(),
             rejection: None,
+        }
+    }
+
+    fn handle_refresh(_req: RefreshRequest) -> RefreshResponse {
+        RefreshResponse {
+            code: 1011,
+            body: "not here".into(),
+            rejection: None,
+            expires_at: None,
         }
     }
 
