@@ -101,6 +101,7 @@ pub fn handle_connect(request: &ConnectRequest, caps: &mut impl Capabilities) ->
             expires_at,
             endpoint: request.endpoint.clone(),
             auth_expires_at: Some(verified.expires_at),
+            auth_issued_at: verified.issued_at,
         })
         .collect();
     match caps.put_all(&records) {
@@ -159,15 +160,43 @@ pub fn handle_refresh(request: &RefreshRequest, caps: &mut impl Capabilities) ->
         remove_all(&request.connection_id, caps);
         RefreshResponse::closing(code, reason, rejection)
     };
-    let Some((current_sub, current_iat)) = peek_token(&request.current_token) else {
-        return refused(
-            caps,
-            close::INTERNAL,
-            close::INTERNAL_REASON,
-            None,
-            "the current token does not parse",
-        );
+    // Who the connection is, and which token it holds: the token itself
+    // when the host keeps it, else what its records say.
+    let current = match (&request.current_token, &request.current_record) {
+        (Some(token), _) => match peek_token(token) {
+            Some((sub, iat)) => Current {
+                sub,
+                issued_at: iat,
+                token: Some(token),
+                expires_at: None,
+            },
+            None => {
+                return refused(
+                    caps,
+                    close::INTERNAL,
+                    close::INTERNAL_REASON,
+                    None,
+                    "the current token does not parse",
+                );
+            }
+        },
+        (None, Some(record)) => Current {
+            sub: record.sub.clone(),
+            issued_at: record.auth_issued_at,
+            token: None,
+            expires_at: record.auth_expires_at,
+        },
+        (None, None) => {
+            return refused(
+                caps,
+                close::TOKEN_EXPIRED,
+                close::INVALID_REASON,
+                None,
+                "the connection has no records",
+            );
+        }
     };
+    let (current_sub, current_iat) = (current.sub.clone(), current.issued_at);
     let token = request.id_token.as_deref().unwrap_or("");
     let verified = match verify_token_full(token, request.now, &request.settings, caps) {
         Ok(verified) => verified,
@@ -190,7 +219,15 @@ pub fn handle_refresh(request: &RefreshRequest, caps: &mut impl Capabilities) ->
             "another sub",
         );
     }
-    if token == request.current_token {
+    let same_token = match current.token {
+        Some(current_token) => token == current_token,
+        // Without the token: the same iat and exp stand for the same token.
+        None => {
+            current.issued_at == verified.issued_at
+                && current.expires_at == Some(verified.expires_at)
+        }
+    };
+    if same_token {
         return refused(
             caps,
             close::TOKEN_EXPIRED,
@@ -219,15 +256,7 @@ pub fn handle_refresh(request: &RefreshRequest, caps: &mut impl Capabilities) ->
             "no authorized groups",
         );
     }
-    let Some(connected_at) = rfc3339::format_utc(request.connected_at) else {
-        return refused(
-            caps,
-            close::INTERNAL,
-            close::INTERNAL_REASON,
-            None,
-            "connected-at is past year 9999",
-        );
-    };
+    let connected_at = &request.connected_at;
     let current = match caps.keys_of(&request.connection_id) {
         Ok(keys) => keys,
         Err(error) => return refresh_store_failure(request, &error, caps),
@@ -253,6 +282,7 @@ pub fn handle_refresh(request: &RefreshRequest, caps: &mut impl Capabilities) ->
             expires_at,
             endpoint: request.endpoint.clone(),
             auth_expires_at: Some(verified.expires_at),
+            auth_issued_at: verified.issued_at,
         })
         .collect();
     // Added (and kept, with the new authExpiresAt) first: a failure leaves
@@ -292,6 +322,16 @@ pub fn handle_refresh(request: &RefreshRequest, caps: &mut impl Capabilities) ->
         rejection: None,
         expires_at: Some(verified.expires_at),
     }
+}
+
+/// What stands for the connection's current token.
+struct Current<'a> {
+    sub: String,
+    issued_at: Option<u64>,
+    /// The token itself, when the host keeps it.
+    token: Option<&'a String>,
+    /// Its `exp`, when only its records are known.
+    expires_at: Option<u64>,
 }
 
 fn caps_log_refusal(caps: &mut impl Capabilities, class: &str) {

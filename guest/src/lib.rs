@@ -91,6 +91,7 @@ mod component {
                 connection_id: req.connection_id,
                 id_token: req.id_token,
                 current_token: req.current_token,
+                current_record: req.current_record.map(record_from_wit),
                 now: req.now,
                 connected_at: req.connected_at,
                 settings: settings_from_wit(req.settings),
@@ -188,6 +189,20 @@ mod component {
             expires_at: record.expires_at,
             endpoint: record.endpoint.clone(),
             auth_expires_at: record.auth_expires_at,
+            auth_issued_at: record.auth_issued_at,
+        }
+    }
+
+    fn record_from_wit(record: types::ConnectionRecord) -> ConnectionRecord {
+        ConnectionRecord {
+            integration_id: record.integration_id,
+            connection_id: record.connection_id,
+            sub: record.sub,
+            connected_at: record.connected_at,
+            expires_at: record.expires_at,
+            endpoint: record.endpoint,
+            auth_expires_at: record.auth_expires_at,
+            auth_issued_at: record.auth_issued_at,
         }
     }
 

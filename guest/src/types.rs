@@ -41,12 +41,14 @@ pub struct RefreshRequest {
     pub connection_id: String,
     /// The new token, if the frame carried one.
     pub id_token: Option<String>,
-    /// The token the connection is authorised with now.
-    pub current_token: String,
+    /// The token the connection is authorised with now, if the host keeps it.
+    pub current_token: Option<String>,
+    /// Else one of the connection's stored records.
+    pub current_record: Option<ConnectionRecord>,
     /// Seconds since the epoch, read by the host.
     pub now: u64,
-    /// When the connection was made, seconds since the epoch.
-    pub connected_at: u64,
+    /// When the connection was made, RFC 3339 UTC.
+    pub connected_at: String,
     /// Verification and record settings.
     pub settings: Settings,
     /// Where the connection can be reached (copied into each record).
@@ -105,6 +107,9 @@ pub struct ConnectionRecord {
     /// since the epoch: delivery stops at it. `None`: records written
     /// before it was kept (delivered as before).
     pub auth_expires_at: Option<u64>,
+    /// The `iat` of that token, whole seconds; `None` when it had none or
+    /// on older records.
+    pub auth_issued_at: Option<u64>,
 }
 
 impl ConnectionRecord {

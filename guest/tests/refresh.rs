@@ -39,9 +39,10 @@ fn refresh(current: &str, new: Option<&str>, now: u64, host: &mut FakeHost) -> R
         &RefreshRequest {
             connection_id: CONNECTION.into(),
             id_token: new.map(str::to_owned),
-            current_token: current.into(),
+            current_token: Some(current.into()),
+            current_record: None,
             now,
-            connected_at: NOW,
+            connected_at: NOW_RFC3339.into(),
             settings: settings(),
             endpoint: Some("http://node/n/1".into()),
         },
@@ -211,4 +212,71 @@ fn a_store_failure_closes_1011_and_changes_nothing_it_could_undo() {
         "the connection is closed: its records go"
     );
     assert!(host.logged("refresh failed: store throttled error"));
+}
+
+/// API Gateway: the host keeps no token, so one of the connection's records
+/// stands for it (its sub, iat and exp).
+fn refresh_by_record(new: &str, now: u64, host: &mut FakeHost) -> RefreshResponse {
+    let record = host.records.values().next().cloned();
+    handle_refresh(
+        &RefreshRequest {
+            connection_id: CONNECTION.into(),
+            id_token: Some(new.into()),
+            current_token: None,
+            current_record: record,
+            now,
+            connected_at: NOW_RFC3339.into(),
+            settings: settings(),
+            endpoint: Some("http://node/n/1".into()),
+        },
+        host,
+    )
+}
+
+#[test]
+fn without_the_current_token_its_records_stand_for_it() {
+    let current = valid_token(); // iat NOW - 100, exp NOW + 3500
+    let mut host = connected(&current);
+    for record in host.records.values() {
+        assert_eq!(record.auth_issued_at, Some(NOW - 100), "the token's iat");
+    }
+    let same = token(json!({ "jti": "re-signed" }));
+    let response = refresh_by_record(&same, NOW, &mut host);
+    assert_refused(&response, 4001, "token invalid", &host);
+    assert!(host.logged("the current token again"));
+
+    let mut host = connected(&current);
+    let older = token(json!({ "iat": NOW - 101, "exp": NOW + 3600 }));
+    assert_refused(
+        &refresh_by_record(&older, NOW, &mut host),
+        4001,
+        "token invalid",
+        &host,
+    );
+
+    let mut host = connected(&current);
+    let other = token(json!({ "sub": "someone-else", "iat": NOW }));
+    assert_refused(
+        &refresh_by_record(&other, NOW, &mut host),
+        4003,
+        "forbidden",
+        &host,
+    );
+
+    let mut host = connected(&current);
+    let newer = token(json!({ "iat": NOW, "exp": NOW + 3600 }));
+    let response = refresh_by_record(&newer, NOW, &mut host);
+    assert_eq!(response.code, 1000, "{response:?}");
+    for record in host.records.values() {
+        assert_eq!(
+            (record.auth_issued_at, record.auth_expires_at),
+            (Some(NOW), Some(NOW + 3600))
+        );
+    }
+
+    // No records at all (never connected, or already gone): refused.
+    let mut host = FakeHost::new();
+    let response = refresh_by_record(&newer, NOW, &mut host);
+    assert_refused(&response, 4001, "token invalid", &host);
+    assert!(host.logged("the connection has no records"));
 }

@@ -148,6 +148,7 @@ fn record_from(value: &Value) -> ConnectionRecord {
         expires_at: u64_of(value, "expires-at"),
         endpoint: value["endpoint"].as_str().map(str::to_owned),
         auth_expires_at: value["auth-expires-at"].as_u64(),
+        auth_issued_at: value["auth-issued-at"].as_u64(),
     }
 }
 
@@ -165,6 +166,9 @@ fn record_to(record: &ConnectionRecord) -> Value {
     }
     if let Some(auth_expires_at) = record.auth_expires_at {
         value["auth-expires-at"] = json!(auth_expires_at);
+    }
+    if let Some(auth_issued_at) = record.auth_issued_at {
+        value["auth-issued-at"] = json!(auth_issued_at);
     }
     value
 }
@@ -251,9 +255,13 @@ async fn run_case(runtime: &PolicyRuntime, case: &Value) -> Value {
                     &RefreshRequest {
                         connection_id: str_of(call, "connection-id").into(),
                         id_token: call["id-token"].as_str().map(str::to_owned),
-                        current_token: str_of(call, "current-token").into(),
+                        current_token: call["current-token"].as_str().map(str::to_owned),
+                        current_record: call
+                            .get("current-record")
+                            .filter(|record| !record.is_null())
+                            .map(record_from),
                         now: u64_of(call, "now"),
-                        connected_at: u64_of(call, "connected-at"),
+                        connected_at: str_of(call, "connected-at").into(),
                         settings: settings_of(&call["settings"]),
                         endpoint: call["endpoint"].as_str().map(str::to_owned),
                     },
@@ -363,7 +371,7 @@ async fn run_conformance(build: GuestBuild, expected: LoadedGuest) {
 }
 
 /// How many cases the set holds; a change is a change of the set.
-const CASES: usize = 89;
+const CASES: usize = 92;
 
 /// A token with what changes from one generation to the next masked: the
 /// signing key's `kid` in a header segment, and signatures (segments from

@@ -17,7 +17,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
 import { transpile } from '@bytecodealliance/jco';
-import { beginCase, endCase } from './host.mjs';
+import { beginCase, endCase, recordFromCase } from './host.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '../..');
@@ -94,9 +94,10 @@ async function runCase(testCase) {
         const r = handler.handleRefresh({
           connectionId: call['connection-id'],
           idToken: call['id-token'] ?? undefined,
-          currentToken: call['current-token'],
+          currentToken: call['current-token'] ?? undefined,
+          currentRecord: call['current-record'] ? recordFromCase(call['current-record']) : undefined,
           now: BigInt(call.now),
-          connectedAt: BigInt(call['connected-at']),
+          connectedAt: call['connected-at'],
           settings: settingsOf(call.settings),
           endpoint: call.endpoint ?? undefined,
         });

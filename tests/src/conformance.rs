@@ -84,7 +84,7 @@ fn with(mut claims: Value, name: &str, value: Value) -> Value {
 }
 
 /// A record as a CONNECT at `NOW` stores it, for a token of [`claims`]
-/// (`auth-expires-at`: its `exp`).
+/// (`auth-expires-at`: its `exp`; `auth-issued-at`: its `iat`).
 fn record(group: &str, connection_id: &str, sub: &str) -> Value {
     json!({
         "integration-id": group,
@@ -93,6 +93,7 @@ fn record(group: &str, connection_id: &str, sub: &str) -> Value {
         "connected-at": NOW_RFC3339,
         "expires-at": NOW + u64::from(RECORD_TTL),
         "auth-expires-at": NOW + 3600,
+        "auth-issued-at": NOW - 60,
     })
 }
 
@@ -944,7 +945,7 @@ fn refresh(connection_id: &str, token: Option<&str>, current: &str) -> Value {
         "id-token": token,
         "current-token": current,
         "now": NOW,
-        "connected-at": NOW - 3600,
+        "connected-at": "2027-01-15T07:00:00Z",
         "settings": settings_json(),
         "endpoint": NODE_ENDPOINT,
     })
@@ -954,8 +955,9 @@ fn refreshed(code: u16, body: &str, expires_at: Option<u64>) -> Value {
     json!({ "refresh": { "code": code, "body": body, "expires-at": expires_at } })
 }
 
-/// A record a refresh at `NOW` writes for a token expiring at `exp`.
-fn refreshed_record(group: &str, connection_id: &str, sub: &str, exp: u64) -> Value {
+/// A record a refresh at `NOW` writes for a token issued at `iat`,
+/// expiring at `exp`.
+fn refreshed_record(group: &str, connection_id: &str, sub: &str, iat: u64, exp: u64) -> Value {
     json!({
         "integration-id": group,
         "connection-id": connection_id,
@@ -964,6 +966,7 @@ fn refreshed_record(group: &str, connection_id: &str, sub: &str, exp: u64) -> Va
         "expires-at": NOW + u64::from(RECORD_TTL),
         "endpoint": NODE_ENDPOINT,
         "auth-expires-at": exp,
+        "auth-issued-at": iat,
     })
 }
 
@@ -978,6 +981,7 @@ fn connected_before() -> Vec<Value> {
     for record in &mut records[..2] {
         record["endpoint"] = json!(NODE_ENDPOINT);
         record["auth-expires-at"] = json!(NOW + 60);
+        record["auth-issued-at"] = json!(NOW - 3600);
     }
     records
 }
@@ -1011,10 +1015,70 @@ fn refresh_cases(b: &mut Builder, signer: &DevSigner) {
     c.key_set_requests = vec![false];
     c.store_before = connected_before();
     c.store_after = Some(vec![
-        refreshed_record("acme", "r1", "alice", NOW + 3590),
-        refreshed_record("initech", "r1", "alice", NOW + 3590),
+        refreshed_record("acme", "r1", "alice", NOW - 10, NOW + 3590),
+        refreshed_record("initech", "r1", "alice", NOW - 10, NOW + 3590),
         bob.clone(),
     ]);
+    b.push(c);
+
+    // API Gateway: no token kept; one of the connection's records stands
+    // for it.
+    let by_record = |token: &str| {
+        let mut call = refresh("r1", Some(token), &current);
+        call["current-token"] = Value::Null;
+        call["current-record"] = connected_before()[0].clone();
+        call
+    };
+    let mut c = b.case(
+        "refresh-by-record-brings-records-in-line",
+        "without the current token, its record's sub, auth-issued-at and auth-expires-at \
+         stand for it: a newer token is accepted as with the token",
+        by_record(&newer),
+        refreshed(
+            1000,
+            &format!(
+                r#"{{"type":"refreshed","expiresAt":{},"added":["initech"],"removed":["globex"]}}"#,
+                NOW + 3590
+            ),
+            Some(NOW + 3590),
+        ),
+    );
+    c.key_set_requests = vec![false];
+    c.store_before = connected_before();
+    c.store_after = Some(vec![
+        refreshed_record("acme", "r1", "alice", NOW - 10, NOW + 3590),
+        refreshed_record("initech", "r1", "alice", NOW - 10, NOW + 3590),
+        bob.clone(),
+    ]);
+    b.push(c);
+
+    let resigned = {
+        let mut claims = claims("alice", Some(json!(["acme", "globex"])));
+        claims["iat"] = json!(NOW - 3600);
+        claims["exp"] = json!(NOW + 60);
+        claims["jti"] = json!("another");
+        signer.sign(&claims)
+    };
+    let mut c = b.case(
+        "refresh-by-record-same-iat-and-exp",
+        "without the current token, a token of the same iat and exp counts as the same token: 4001",
+        by_record(&resigned),
+        refreshed(4001, "token invalid", None),
+    );
+    c.key_set_requests = vec![false];
+    c.store_before = connected_before();
+    c.store_after = Some(vec![bob.clone()]);
+    b.push(c);
+
+    let mut call = by_record(&newer);
+    call["current-record"] = Value::Null;
+    let mut c = b.case(
+        "refresh-without-records",
+        "neither the current token nor a record (the connection is gone): 4001",
+        call,
+        refreshed(4001, "token invalid", None),
+    );
+    c.store_before = vec![bob.clone()];
     b.push(c);
 
     let refusals: Vec<(&str, &str, String, u16, &str)> = vec![

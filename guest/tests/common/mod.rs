@@ -279,6 +279,7 @@ impl FakeHost {
             expires_at: NOW + u64::from(TTL),
             endpoint: None,
             auth_expires_at: None,
+            auth_issued_at: None,
         };
         self.records.insert(record.key(), record);
     }

@@ -623,6 +623,7 @@ mod tests {
             expires_at,
             endpoint: None,
             auth_expires_at: None,
+            auth_issued_at: None,
         }
     }
 

@@ -26,7 +26,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::delivery::{ConnectionSender, MAX_MESSAGE_BYTES, SendError};
-use crate::service::{Handler, new_request_id};
+use crate::service::{Current, Handler, new_request_id};
 use crate::telemetry;
 use crate::wit::types::Response as PolicyResponse;
 
@@ -91,7 +91,7 @@ pub const REFRESH_NOTICE: Duration = Duration::from_secs(60);
 
 /// A refresh frame is at most this long (a text frame over it closes the
 /// socket with 1009: the only frame a client sends is a refresh).
-pub const MAX_REFRESH_FRAME_BYTES: usize = 16 * 1024;
+pub use gitgazer_ws_event::MAX_REFRESH_FRAME_BYTES;
 /// At most one refresh per this long…
 pub const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// …and at most [`REFRESHES_PER_MINUTE`] in any minute; beyond: 4029.
@@ -100,19 +100,10 @@ pub const REFRESHES_PER_MINUTE: usize = 5;
 pub const RATE_LIMITED_CODE: u16 = 4029;
 pub const RATE_LIMITED_REASON: &str = "rate limited";
 
-/// `{"action":"refresh","idToken":"…"}`.
-#[derive(serde::Deserialize)]
-struct ClientFrame {
-    action: String,
-    #[serde(rename = "idToken")]
-    id_token: Option<String>,
-}
-
-/// The token of a refresh frame (`Some(None)`: a refresh without one);
-/// `None` for any other text (ignored, as before refreshes existed).
+/// The token of a refresh frame; `None` for any other text (ignored, as
+/// before refreshes existed).
 fn refresh_frame(text: &str) -> Option<Option<String>> {
-    let frame: ClientFrame = serde_json::from_str(text).ok()?;
-    (frame.action == "refresh").then_some(frame.id_token)
+    gitgazer_ws_event::refresh_frame_token(text)
 }
 
 /// How often a socket may refresh: one per [`REFRESH_MIN_INTERVAL`],
@@ -151,8 +142,8 @@ pub struct SocketAuth {
     token: String,
     expires_at: Option<u64>,
     endpoint: String,
-    /// When the socket connected, seconds since the Unix epoch.
-    connected_at: u64,
+    /// When the socket connected, RFC 3339 UTC (as its records say).
+    connected_at: String,
 }
 
 /// When a socket's token stops authorising it: when to tell the client to
@@ -534,6 +525,8 @@ pub async fn upgrade(
     let (token, bearer) = upgrade_token(headers, query_token);
     let connection_id = new_connection_id();
     let registration = sockets.register(&connection_id);
+    // The CONNECT's own `connectedAt` (the second it read), near enough.
+    let connected_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let (reply, connected): (PolicyResponse, _) = handler
         .connect_as(
             &new_request_id(),
@@ -549,7 +542,7 @@ pub async fn upgrade(
         token: token.clone().unwrap_or_default(),
         expires_at: connected.as_ref().and_then(|c| c.auth_expires_at),
         endpoint: endpoint.clone(),
-        connected_at: crate::clock::unix_now(),
+        connected_at,
     };
     if let Some(connected) = connected
         && let Err(why) = slot.claim_user(&connected.sub)
@@ -655,8 +648,8 @@ async fn serve_socket(
                             &new_request_id(),
                             &connection_id,
                             new_token.as_deref(),
-                            &authorised.token,
-                            authorised.connected_at,
+                            Current::Token(authorised.token.clone()),
+                            &authorised.connected_at,
                             Some(&authorised.endpoint),
                         )
                         .await;
@@ -880,6 +873,12 @@ mod tests {
             Some(Some("a.b.c".to_owned()))
         );
         assert_eq!(refresh_frame(r#"{"action":"refresh"}"#), Some(None));
+        assert_eq!(
+            refresh_frame(r#"{"action":"refresh","idToken":5}"#),
+            Some(None)
+        );
+        assert_eq!(refresh_frame(r#"{"action":5}"#), None);
+        assert_eq!(refresh_frame(r#"["refresh"]"#), None);
         assert_eq!(refresh_frame(r#"{"action":"ping"}"#), None);
         assert_eq!(refresh_frame("hello"), None);
     }

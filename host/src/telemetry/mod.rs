@@ -154,7 +154,7 @@ pub fn initialize() {
 pub const EXPORTS: [&str; 3] = ["handle-connect", "handle-disconnect", "handle-refresh"];
 pub const REFRESH_CODES: [&str; 6] = ["1000", "1011", "4001", "4003", "4029", "other"];
 pub const KEY_SET_OUTCOMES: [&str; 5] = ["ok", "unreachable", "http_error", "too_large", "refused"];
-pub const STORE_OPERATIONS: [&str; 4] = ["put_all", "keys_of", "delete", "records_of"];
+pub const STORE_OPERATIONS: [&str; 5] = ["put_all", "keys_of", "delete", "records_of", "record"];
 pub const STORE_OUTCOMES: [&str; 6] = [
     "ok",
     "validation",

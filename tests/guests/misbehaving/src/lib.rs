@@ -73,6 +73,7 @@ impl Guest for Misbehaving {
                     expires_at: req.now + 60,
                     endpoint: None,
                     auth_expires_at: None,
+                    auth_issued_at: None,
                 };
                 connections::put_all(&[record]).expect("store accepts the record");
                 panic!("trapping after storing a record");
