@@ -308,6 +308,12 @@ pub struct DeliverArgs {
     /// Posts in flight at once.
     #[arg(long, env = "DELIVERY_CONCURRENCY", default_value_t = DeliveryOptions::default().concurrency)]
     pub concurrency: usize,
+    /// Seconds after a connection's token expired (`authExpiresAt`) that an
+    /// API Gateway connection may still refresh; past them, this delivery
+    /// ends it (a last close message, DeleteConnection, records deleted).
+    #[arg(long, env = "AUTH_GRACE_SECONDS", default_value_t = DEFAULT_AUTH_GRACE_SECONDS,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub auth_grace_seconds: u64,
 }
 
 #[derive(Debug, Args)]

@@ -791,3 +791,71 @@ async fn refresh_messages_through_the_handler_function_against_dynalite() {
     assert!(calls_now[0].2.contains(r#""code":4003"#), "{calls_now:?}");
     assert!(groups_of("REFRESHb=").await.is_empty());
 }
+
+/// `deliver` ends an API Gateway connection whose token expired more than
+/// the grace window ago: a last close message, DeleteConnection, its
+/// records deleted; one still within the grace is only skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_ends_api_gateway_connections_past_the_grace() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("lambda-grace");
+    create_table(&endpoint, &table);
+    let (api, calls) = recording_management_api().await;
+    let client = crate::support::client(&endpoint);
+    let now = unix_now();
+    for (connection, auth_expires_at) in [("past=", now - 31), ("within=", now - 5)] {
+        client
+            .put_item()
+            .table_name(&table)
+            .item("integrationId", AttributeValue::S("acme".into()))
+            .item("connectionId", AttributeValue::S(connection.into()))
+            .item("sub", AttributeValue::S("u".into()))
+            .item(
+                "connectedAt",
+                AttributeValue::S("2026-11-27T00:00:00Z".into()),
+            )
+            .item("expiresAt", AttributeValue::N((now + 3600).to_string()))
+            .item(
+                "authExpiresAt",
+                AttributeValue::N(auth_expires_at.to_string()),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    let output = Command::new(gitgazer_ws_tests::binary_path())
+        .envs(dynamodb_env(&endpoint, &table))
+        .env("WEBSOCKET_API_ENDPOINT", &api)
+        .env("AUTH_GRACE_SECONDS", "30")
+        .args(["deliver", "--integration", "acme", "--message", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(
+        report,
+        json!({"delivered": 0, "gone": 0, "failed": 0, "expired": 0, "expiredAuth": 2})
+    );
+    assert_eq!(
+        calls.lock().unwrap().clone(),
+        [
+            (
+                "POST".to_owned(),
+                "/@connections/past%3D".to_owned(),
+                r#"{"type":"close","code":4001,"reason":"token expired"}"#.to_owned()
+            ),
+            (
+                "DELETE".to_owned(),
+                "/@connections/past%3D".to_owned(),
+                String::new()
+            ),
+        ]
+    );
+    let left = crate::support::keys(&crate::support::scan(&endpoint, &table).await);
+    assert_eq!(
+        left.into_iter().map(|(_, c)| c).collect::<Vec<_>>(),
+        ["within="]
+    );
+}

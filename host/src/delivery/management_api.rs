@@ -70,12 +70,16 @@ impl ConnectionSender for ManagementApi {
             .map(|_| ())
             .map_err(classify)
     }
+
+    async fn close(&self, connection_id: &str) -> Result<(), SendError> {
+        self.delete_connection(connection_id).await
+    }
 }
 
 impl ManagementApi {
     /// `DeleteConnection`: closes a connection (API Gateway sends no close
     /// code of its own). Gone already counts as done.
-    pub async fn close(&self, connection_id: &str) -> Result<(), SendError> {
+    pub async fn delete_connection(&self, connection_id: &str) -> Result<(), SendError> {
         match self
             .client
             .delete_connection()

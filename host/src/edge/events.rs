@@ -200,7 +200,7 @@ async fn refresh(
             "refresh: posting the close message"
         );
     }
-    if let Err(error) = api.close(connection_id).await {
+    if let Err(error) = api.delete_connection(connection_id).await {
         tracing::warn!(
             request_id,
             connection_id,
