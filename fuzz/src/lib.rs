@@ -479,6 +479,7 @@ pub enum EventOutcome {
     Rejected { status: u16 },
     Connect,
     Disconnect,
+    Refresh,
     Unhandled,
 }
 
@@ -529,6 +530,19 @@ pub fn event(data: &[u8]) -> EventOutcome {
                         assert_eq!(event_type, Some(Some("DISCONNECT")));
                     }
                     EventOutcome::Disconnect
+                }
+                Route::Refresh { body, .. } => {
+                    if let Some(json) = &json {
+                        assert_eq!(event_type, Some(Some("MESSAGE")));
+                        assert_eq!(
+                            json.pointer("/requestContext/routeKey")
+                                .and_then(Value::as_str),
+                            Some("refresh")
+                        );
+                        let expected = json.pointer("/body").and_then(Value::as_str);
+                        assert_eq!(body, expected.unwrap_or_default());
+                    }
+                    EventOutcome::Refresh
                 }
                 Route::Unhandled { .. } => {
                     assert!(!matches!(event_type, Some(Some("CONNECT" | "DISCONNECT"))));

@@ -8,7 +8,7 @@
 use crate::prelude::*;
 
 use crate::json::{Number, Object, Value};
-use crate::types::{Identity, Rejection, Settings};
+use crate::types::{Identity, Rejection, Settings, Verified};
 
 /// Claims that must be strings when present.
 const STRING_CLAIMS: [&str; 5] = ["sub", "jti", "iss", "token_use", "scope"];
@@ -49,6 +49,15 @@ impl NumericDate {
         }
     }
 
+    /// Whole seconds, rounded down (`exp` 100.5 gives 100).
+    fn whole_seconds(self) -> u64 {
+        match self {
+            NumericDate::Whole(t) => t,
+            // `as` saturates; the value is finite and non-negative.
+            NumericDate::Fraction(t) => t as u64,
+        }
+    }
+
     /// Whether `self <= instant + leeway`.
     fn is_not_after(self, instant: u64, leeway: u64) -> bool {
         match self {
@@ -61,6 +70,16 @@ impl NumericDate {
 /// Validates the claims of a signature-checked token at `now` and returns the
 /// identity it carries.
 pub fn validate(claims: &Object, now: u64, settings: &Settings) -> Result<Identity, Rejection> {
+    validate_full(claims, now, settings).map(|verified| verified.identity)
+}
+
+/// [`validate`], with the token's `exp` and `iat` (whole seconds, rounded
+/// down) beside the identity.
+pub fn validate_full(
+    claims: &Object,
+    now: u64,
+    settings: &Settings,
+) -> Result<Verified, Rejection> {
     // 1. Types of registered claims; presence of exp and sub.
     for name in STRING_CLAIMS {
         if claims.get(name).is_some_and(|v| v.as_str().is_none()) {
@@ -115,10 +134,26 @@ pub fn validate(claims: &Object, now: u64, settings: &Settings) -> Result<Identi
         }
     }
 
-    Ok(Identity {
-        sub: sub.to_owned(),
-        groups: groups(claims),
+    Ok(Verified {
+        identity: Identity {
+            sub: sub.to_owned(),
+            groups: groups(claims),
+        },
+        expires_at: exp.whole_seconds(),
+        issued_at: iat.map(NumericDate::whole_seconds),
     })
+}
+
+/// The `sub` and `iat` (whole seconds, rounded down) of claims verified
+/// earlier, read without checking anything else: the current token of a
+/// connection, whose time window may have passed.
+pub fn peek(claims: &Object) -> Option<(String, Option<u64>)> {
+    let sub = claims.get("sub").and_then(Value::as_str)?.to_owned();
+    let iat = match claims.get("iat") {
+        None => None,
+        Some(value) => Some(NumericDate::from_value(value)?.whole_seconds()),
+    };
+    Some((sub, iat))
 }
 
 /// `cognito:groups`: an array of non-empty strings, duplicates collapsed in

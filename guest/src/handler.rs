@@ -6,11 +6,12 @@
 use crate::prelude::*;
 
 use crate::capabilities::{Capabilities, Level};
-use crate::rfc3339;
 use crate::types::{
-    ConnectRequest, ConnectionRecord, DisconnectRequest, Rejection, Response, StoreError,
+    ConnectRequest, ConnectionRecord, DisconnectRequest, RecordKey, RefreshRequest,
+    RefreshResponse, Rejection, Response, StoreError,
 };
-use crate::verify::verify_token;
+use crate::verify::{peek_token, verify_token_full};
+use crate::{json, rfc3339};
 
 /// Connection ids longer than this are refused. API Gateway's are 16 chars.
 pub const MAX_CONNECTION_ID_BYTES: usize = 128;
@@ -61,8 +62,8 @@ pub fn handle_connect(request: &ConnectRequest, caps: &mut impl Capabilities) ->
         return Response::new(400, body::INVALID_CONNECTION_ID);
     }
     let token = request.id_token.as_deref().unwrap_or("");
-    let identity = match verify_token(token, request.now, &request.settings, caps) {
-        Ok(identity) => identity,
+    let verified = match verify_token_full(token, request.now, &request.settings, caps) {
+        Ok(verified) => verified,
         Err(rejection) => {
             caps.log(
                 Level::Info,
@@ -77,6 +78,7 @@ pub fn handle_connect(request: &ConnectRequest, caps: &mut impl Capabilities) ->
             return Response::refused(rejection, status, text);
         }
     };
+    let identity = &verified.identity;
     if identity.groups.is_empty() {
         caps.log(Level::Info, "connect denied: no authorized groups");
         return Response::new(401, body::NO_GROUPS);
@@ -98,6 +100,8 @@ pub fn handle_connect(request: &ConnectRequest, caps: &mut impl Capabilities) ->
             connected_at: connected_at.clone(),
             expires_at,
             endpoint: request.endpoint.clone(),
+            auth_expires_at: Some(verified.expires_at),
+            auth_issued_at: verified.issued_at,
         })
         .collect();
     match caps.put_all(&records) {
@@ -110,6 +114,265 @@ pub fn handle_connect(request: &ConnectRequest, caps: &mut impl Capabilities) ->
         }
         Err(error) => store_failure("connect", &error, caps),
     }
+}
+
+/// Close codes and reasons of a refresh.
+pub mod close {
+    /// Refreshed: the connection stays open.
+    pub const REFRESHED: u16 = 1000;
+    /// The new token is expired or invalid: get a fresh one and reconnect.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// Not this user, or no groups: terminal.
+    pub const FORBIDDEN: u16 = 4003;
+    /// The key set or the store failed (not the client's fault).
+    pub const INTERNAL: u16 = 1011;
+
+    pub const EXPIRED_REASON: &str = "token expired";
+    pub const INVALID_REASON: &str = "token invalid";
+    pub const FORBIDDEN_REASON: &str = "forbidden";
+    pub const INTERNAL_REASON: &str = "internal error";
+}
+
+impl RefreshResponse {
+    fn closing(code: u16, reason: &str, rejection: Option<Rejection>) -> Self {
+        RefreshResponse {
+            code,
+            body: reason.into(),
+            rejection,
+            expires_at: None,
+        }
+    }
+}
+
+/// Decides an in-band refresh: the new token is verified as at CONNECT,
+/// must be of the current token's `sub`, not older (`iat`), not the current
+/// token itself, and carry groups; then the connection's records are
+/// brought in line with its groups (all of them written first, with the new
+/// `authExpiresAt`, then the dropped ones deleted). A refusal deletes the
+/// connection's records and says how to close it.
+pub fn handle_refresh(request: &RefreshRequest, caps: &mut impl Capabilities) -> RefreshResponse {
+    if !is_valid_connection_id(&request.connection_id) {
+        caps.log(Level::Warn, "refresh refused: invalid connection id");
+        return RefreshResponse::closing(close::INTERNAL, close::INTERNAL_REASON, None);
+    }
+    let refused = |caps: &mut _, code, reason, rejection, class: &str| {
+        caps_log_refusal(caps, class);
+        remove_all(&request.connection_id, caps);
+        RefreshResponse::closing(code, reason, rejection)
+    };
+    // Who the connection is, and which token it holds: the token itself
+    // when the host keeps it, else what its records say.
+    let current = match (&request.current_token, &request.current_record) {
+        (Some(token), _) => match peek_token(token) {
+            Some((sub, iat)) => Current {
+                sub,
+                issued_at: iat,
+                token: Some(token),
+                expires_at: None,
+            },
+            None => {
+                return refused(
+                    caps,
+                    close::INTERNAL,
+                    close::INTERNAL_REASON,
+                    None,
+                    "the current token does not parse",
+                );
+            }
+        },
+        (None, Some(record)) => Current {
+            sub: record.sub.clone(),
+            issued_at: record.auth_issued_at,
+            token: None,
+            expires_at: record.auth_expires_at,
+        },
+        (None, None) => {
+            return refused(
+                caps,
+                close::TOKEN_EXPIRED,
+                close::INVALID_REASON,
+                None,
+                "the connection has no records",
+            );
+        }
+    };
+    let (current_sub, current_iat) = (current.sub.clone(), current.issued_at);
+    let token = request.id_token.as_deref().unwrap_or("");
+    let verified = match verify_token_full(token, request.now, &request.settings, caps) {
+        Ok(verified) => verified,
+        Err(rejection) => {
+            let (code, reason) = match rejection {
+                Rejection::Expired => (close::TOKEN_EXPIRED, close::EXPIRED_REASON),
+                Rejection::KeySetUnavailable => (close::INTERNAL, close::INTERNAL_REASON),
+                _ => (close::TOKEN_EXPIRED, close::INVALID_REASON),
+            };
+            let class = format!("token {}", rejection.as_str());
+            return refused(caps, code, reason, Some(rejection), &class);
+        }
+    };
+    if verified.identity.sub != current_sub {
+        return refused(
+            caps,
+            close::FORBIDDEN,
+            close::FORBIDDEN_REASON,
+            None,
+            "another sub",
+        );
+    }
+    let same_token = match current.token {
+        Some(current_token) => token == current_token,
+        // Without the token: the same iat and exp stand for the same token.
+        None => {
+            current.issued_at == verified.issued_at
+                && current.expires_at == Some(verified.expires_at)
+        }
+    };
+    if same_token {
+        return refused(
+            caps,
+            close::TOKEN_EXPIRED,
+            close::INVALID_REASON,
+            None,
+            "the current token again",
+        );
+    }
+    if let Some(current_iat) = current_iat
+        && verified.issued_at.is_none_or(|iat| iat < current_iat)
+    {
+        return refused(
+            caps,
+            close::TOKEN_EXPIRED,
+            close::INVALID_REASON,
+            None,
+            "older than the current token",
+        );
+    }
+    if verified.identity.groups.is_empty() {
+        return refused(
+            caps,
+            close::FORBIDDEN,
+            close::FORBIDDEN_REASON,
+            None,
+            "no authorized groups",
+        );
+    }
+    let connected_at = &request.connected_at;
+    let current = match caps.keys_of(&request.connection_id) {
+        Ok(keys) => keys,
+        Err(error) => return refresh_store_failure(request, &error, caps),
+    };
+    let groups = &verified.identity.groups;
+    let had = |group: &String| current.iter().any(|key| &key.integration_id == group);
+    let added: Vec<&String> = groups.iter().filter(|group| !had(group)).collect();
+    let removed: Vec<RecordKey> = current
+        .iter()
+        .filter(|key| !groups.contains(&key.integration_id))
+        .cloned()
+        .collect();
+    let expires_at = request
+        .now
+        .saturating_add(u64::from(request.settings.record_ttl_seconds));
+    let records: Vec<ConnectionRecord> = groups
+        .iter()
+        .map(|group| ConnectionRecord {
+            integration_id: group.clone(),
+            connection_id: request.connection_id.clone(),
+            sub: verified.identity.sub.clone(),
+            connected_at: connected_at.clone(),
+            expires_at,
+            endpoint: request.endpoint.clone(),
+            auth_expires_at: Some(verified.expires_at),
+            auth_issued_at: verified.issued_at,
+        })
+        .collect();
+    // Added (and kept, with the new authExpiresAt) first: a failure leaves
+    // the connection on its current groups; then the dropped ones.
+    if let Err(error) = caps.put_all(&records) {
+        return refresh_store_failure(request, &error, caps);
+    }
+    if !removed.is_empty()
+        && let Err(error) = caps.delete(&removed)
+    {
+        return refresh_store_failure(request, &error, caps);
+    }
+    caps.log(
+        Level::Info,
+        &format!(
+            "refreshed: {} record(s), {} added, {} removed",
+            records.len(),
+            added.len(),
+            removed.len()
+        ),
+    );
+    let list = |names: &mut dyn Iterator<Item = &String>| {
+        names
+            .map(|name| json::quote(name))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let body = format!(
+        r#"{{"type":"refreshed","expiresAt":{},"added":[{}],"removed":[{}]}}"#,
+        verified.expires_at,
+        list(&mut added.iter().copied()),
+        list(&mut removed.iter().map(|key| &key.integration_id)),
+    );
+    RefreshResponse {
+        code: close::REFRESHED,
+        body,
+        rejection: None,
+        expires_at: Some(verified.expires_at),
+    }
+}
+
+/// What stands for the connection's current token.
+struct Current<'a> {
+    sub: String,
+    issued_at: Option<u64>,
+    /// The token itself, when the host keeps it.
+    token: Option<&'a String>,
+    /// Its `exp`, when only its records are known.
+    expires_at: Option<u64>,
+}
+
+fn caps_log_refusal(caps: &mut impl Capabilities, class: &str) {
+    caps.log(Level::Info, &format!("refresh refused: {class}"));
+}
+
+/// Deletes every record of a connection (a refused or failed refresh: the
+/// connection is about to be closed). Failures are logged; the close's
+/// DISCONNECT tries again.
+fn remove_all(connection_id: &str, caps: &mut impl Capabilities) {
+    let keys = match caps.keys_of(connection_id) {
+        Ok(keys) => keys,
+        Err(error) => {
+            caps.log(
+                Level::Warn,
+                &format!("refresh: could not list the records to delete: {error:?}"),
+            );
+            return;
+        }
+    };
+    if keys.is_empty() {
+        return;
+    }
+    if let Err(error) = caps.delete(&keys) {
+        caps.log(
+            Level::Warn,
+            &format!("refresh: could not delete the records: {error:?}"),
+        );
+    }
+}
+
+/// A store failure during a refresh: logged, the records removed, 1011.
+fn refresh_store_failure(
+    request: &RefreshRequest,
+    error: &StoreError,
+    caps: &mut impl Capabilities,
+) -> RefreshResponse {
+    // The log line and the mapping of CONNECT; the status is not used.
+    let _ = store_failure("refresh", error, caps);
+    remove_all(&request.connection_id, caps);
+    RefreshResponse::closing(close::INTERNAL, close::INTERNAL_REASON, None)
 }
 
 /// Decides a DISCONNECT: find every record of the connection, delete them.

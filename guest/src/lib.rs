@@ -38,12 +38,12 @@ pub mod types;
 pub mod verify;
 
 pub use capabilities::{Capabilities, Level};
-pub use handler::{handle_connect, handle_disconnect};
+pub use handler::{handle_connect, handle_disconnect, handle_refresh};
 pub use types::{
-    ConnectRequest, ConnectionRecord, DisconnectRequest, Identity, RecordKey, Rejection, Response,
-    Settings, StoreError,
+    ConnectRequest, ConnectionRecord, DisconnectRequest, Identity, RecordKey, RefreshRequest,
+    RefreshResponse, Rejection, Response, Settings, StoreError, Verified,
 };
-pub use verify::verify_token;
+pub use verify::{verify_token, verify_token_full};
 
 mod bindings {
     wit_bindgen::generate!({
@@ -84,6 +84,26 @@ mod component {
                 connection_id: req.connection_id,
             };
             response_to_wit(handle_disconnect(&request, &mut HostCapabilities))
+        }
+
+        fn handle_refresh(req: types::RefreshRequest) -> types::RefreshResponse {
+            let request = RefreshRequest {
+                connection_id: req.connection_id,
+                id_token: req.id_token,
+                current_token: req.current_token,
+                current_record: req.current_record.map(record_from_wit),
+                now: req.now,
+                connected_at: req.connected_at,
+                settings: settings_from_wit(req.settings),
+                endpoint: req.endpoint,
+            };
+            let response = handle_refresh(&request, &mut HostCapabilities);
+            types::RefreshResponse {
+                code: response.code,
+                body: response.body,
+                rejection: response.rejection.map(rejection_to_wit),
+                expires_at: response.expires_at,
+            }
         }
 
         fn verify_token(
@@ -168,6 +188,21 @@ mod component {
             connected_at: record.connected_at.clone(),
             expires_at: record.expires_at,
             endpoint: record.endpoint.clone(),
+            auth_expires_at: record.auth_expires_at,
+            auth_issued_at: record.auth_issued_at,
+        }
+    }
+
+    fn record_from_wit(record: types::ConnectionRecord) -> ConnectionRecord {
+        ConnectionRecord {
+            integration_id: record.integration_id,
+            connection_id: record.connection_id,
+            sub: record.sub,
+            connected_at: record.connected_at,
+            expires_at: record.expires_at,
+            endpoint: record.endpoint,
+            auth_expires_at: record.auth_expires_at,
+            auth_issued_at: record.auth_issued_at,
         }
     }
 

@@ -34,6 +34,41 @@ pub struct ConnectRequest {
     pub endpoint: Option<String>,
 }
 
+/// An in-band refresh: a connection presents a new id token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshRequest {
+    /// The connection whose authorisation is renewed.
+    pub connection_id: String,
+    /// The new token, if the frame carried one.
+    pub id_token: Option<String>,
+    /// The token the connection is authorised with now, if the host keeps it.
+    pub current_token: Option<String>,
+    /// Else one of the connection's stored records.
+    pub current_record: Option<ConnectionRecord>,
+    /// Seconds since the epoch, read by the host.
+    pub now: u64,
+    /// When the connection was made, RFC 3339 UTC.
+    pub connected_at: String,
+    /// Verification and record settings.
+    pub settings: Settings,
+    /// Where the connection can be reached (copied into each record).
+    pub endpoint: Option<String>,
+}
+
+/// What a refresh answers: 1000 and the `refreshed` frame, or the close
+/// code and reason that end the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshResponse {
+    /// 1000: refreshed; else the close code (4001, 4003, 1011).
+    pub code: u16,
+    /// The frame for the client, or the close reason.
+    pub body: String,
+    /// Why the new token was refused, when that is why.
+    pub rejection: Option<Rejection>,
+    /// When refreshed: the new token's `exp`.
+    pub expires_at: Option<u64>,
+}
+
 /// A WebSocket DISCONNECT event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisconnectRequest {
@@ -68,6 +103,13 @@ pub struct ConnectionRecord {
     pub expires_at: u64,
     /// Where the connection can be reached; `None`: the reader's default.
     pub endpoint: Option<String>,
+    /// The `exp` of the token the connection was authorised with, seconds
+    /// since the epoch: delivery stops at it. `None`: records written
+    /// before it was kept (delivered as before).
+    pub auth_expires_at: Option<u64>,
+    /// The `iat` of that token, whole seconds; `None` when it had none or
+    /// on older records.
+    pub auth_issued_at: Option<u64>,
 }
 
 impl ConnectionRecord {
@@ -112,6 +154,17 @@ pub struct Identity {
     pub sub: String,
     /// `cognito:groups`, duplicates collapsed, order kept; empty if unreadable.
     pub groups: Vec<String>,
+}
+
+/// A verified token: its identity and when it was issued and expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Who, and in which groups.
+    pub identity: Identity,
+    /// The `exp` claim, whole seconds since the epoch (rounded down).
+    pub expires_at: u64,
+    /// The `iat` claim, whole seconds (rounded down), when present.
+    pub issued_at: Option<u64>,
 }
 
 /// Why a token was refused: one value per failure class (mirrors the WIT

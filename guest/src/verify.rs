@@ -20,7 +20,7 @@ use crate::prelude::*;
 use crate::capabilities::{Capabilities, Level};
 use crate::json;
 use crate::jwks::{self, KeyLookup, RsaPublicKey};
-use crate::types::{Identity, Rejection, Settings};
+use crate::types::{Identity, Rejection, Settings, Verified};
 use crate::{claims, rs256, token};
 
 /// Verifies a Cognito id token at `now` (seconds since the epoch).
@@ -30,11 +30,29 @@ pub fn verify_token(
     settings: &Settings,
     caps: &mut impl Capabilities,
 ) -> Result<Identity, Rejection> {
+    verify_token_full(token, now, settings, caps).map(|verified| verified.identity)
+}
+
+/// [`verify_token`], with the token's `exp` and `iat` beside the identity.
+pub fn verify_token_full(
+    token: &str,
+    now: u64,
+    settings: &Settings,
+    caps: &mut impl Capabilities,
+) -> Result<Verified, Rejection> {
     let jws = token::parse(token)?;
     // The claims must be well-formed JSON before any key is fetched.
     let claims = json::parse_object_strict(&jws.payload).map_err(|_| Rejection::Malformed)?;
     authenticate(&jws, caps)?;
-    claims::validate(&claims, now, settings)
+    claims::validate_full(&claims, now, settings)
+}
+
+/// The `sub` and `iat` of a token verified earlier (a connection's current
+/// token), without verifying it again; `None` when it does not parse.
+pub fn peek_token(token: &str) -> Option<(String, Option<u64>)> {
+    let jws = token::parse(token).ok()?;
+    let claims = json::parse_object_strict(&jws.payload).ok()?;
+    claims::peek(&claims)
 }
 
 /// Runs steps 1 to 4 on a compact JWS whose payload need not be JSON: the

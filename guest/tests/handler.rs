@@ -76,8 +76,20 @@ fn connected_stores_one_record_per_group_in_one_call() {
         assert_eq!(record.connected_at, NOW_RFC3339);
         assert_eq!(record.expires_at, NOW + u64::from(TTL));
         assert_eq!(record.endpoint, None);
+        assert_eq!(record.auth_expires_at, Some(NOW + 3500), "the token's exp");
     }
     assert_token_not_logged(&host, &token);
+}
+
+#[test]
+fn a_fractional_exp_is_stored_rounded_down() {
+    let mut host = FakeHost::new();
+    let claims = claims_with(json!({ "exp": (NOW + 90) as f64 + 0.75 }));
+    let token = sign(key_a(), &header(KID_A), &claims);
+    assert_eq!(connect(Some(token), &mut host), response(200, "Connected."));
+    for record in host.records.values() {
+        assert_eq!(record.auth_expires_at, Some(NOW + 90));
+    }
 }
 
 #[test]

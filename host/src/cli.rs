@@ -12,7 +12,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::delivery::nodes::ManagementToken;
 use crate::delivery::{DeliveryOptions, MAX_MESSAGE_BYTES};
 use crate::edge::server::ConnectionLimits;
-use crate::edge::websocket::{LONGEST_SOCKET_LIMIT, QUEUED_MESSAGE_OVERHEAD, SocketLimits};
+use crate::edge::websocket::{
+    DEFAULT_AUTH_GRACE_SECONDS, LONGEST_SOCKET_LIMIT, QUEUED_MESSAGE_OVERHEAD, SocketLimits,
+};
 use crate::policy::{EngineOptions, GuestBuild};
 use crate::settings::{DEFAULT_LEEWAY_SECONDS, DEFAULT_RECORD_TTL_SECONDS, TokenMode, non_empty};
 use crate::startup::StartOptions;
@@ -235,6 +237,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WS_SEND_QUEUE_BYTES", default_value_t = SocketLimits::default().send_queue_bytes as u64,
           value_parser = clap::value_parser!(u64).range(SMALLEST_SEND_QUEUE..))]
     pub ws_send_queue_bytes: u64,
+    /// Seconds a WebSocket stays open after its token's `exp` without an
+    /// in-band refresh (deliveries stop at `exp`); then it is closed with
+    /// 4001 `token expired` and its records are deleted.
+    #[arg(long, env = "AUTH_GRACE_SECONDS", default_value_t = DEFAULT_AUTH_GRACE_SECONDS,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub auth_grace_seconds: u64,
 }
 
 /// The management token, checked (`None` when unset or empty).
@@ -300,6 +308,12 @@ pub struct DeliverArgs {
     /// Posts in flight at once.
     #[arg(long, env = "DELIVERY_CONCURRENCY", default_value_t = DeliveryOptions::default().concurrency)]
     pub concurrency: usize,
+    /// Seconds after a connection's token expired (`authExpiresAt`) that an
+    /// API Gateway connection may still refresh; past them, this delivery
+    /// ends it (a last close message, DeleteConnection, records deleted).
+    #[arg(long, env = "AUTH_GRACE_SECONDS", default_value_t = DEFAULT_AUTH_GRACE_SECONDS,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub auth_grace_seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -489,6 +503,7 @@ impl ServeArgs {
             idle_timeout: self.ws_idle_timeout.into(),
             max_age: self.ws_max_age.into(),
             ping_interval: self.ws_ping_interval.into(),
+            auth_grace: Duration::from_secs(self.auth_grace_seconds),
             ..SocketLimits::default()
         }
     }
@@ -647,6 +662,11 @@ mod tests {
         assert_eq!(limits.max_age, Duration::from_secs(7200));
         assert_eq!(limits.ping_interval, Duration::from_secs(30));
         assert_eq!(defaults.ws_send_queue_bytes, 1024 * 1024);
+        assert_eq!(limits.auth_grace, Duration::from_secs(30));
+        let grace = serve(&["--auth-grace-seconds", "2"])
+            .unwrap()
+            .socket_limits();
+        assert_eq!(grace.auth_grace, Duration::from_secs(2));
         let set = serve(&["--ws-idle-timeout", "1m 30s", "--ws-ping-interval", "500ms"]).unwrap();
         assert_eq!(*set.ws_idle_timeout, Duration::from_secs(90));
         assert_eq!(*set.ws_ping_interval, Duration::from_millis(500));

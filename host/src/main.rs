@@ -111,6 +111,7 @@ async fn deliver(global: &GlobalArgs, args: &DeliverArgs) -> anyhow::Result<Exit
     })?;
     let options = DeliveryOptions {
         concurrency: args.concurrency.max(1),
+        auth_grace: std::time::Duration::from_secs(args.auth_grace_seconds),
         ..DeliveryOptions::default()
     };
     let mut routes = Routes::new(

@@ -6,16 +6,19 @@ use std::sync::Arc;
 
 use crate::clock::unix_now;
 use crate::keys::KeySetSource;
-use crate::policy::{Capabilities, PolicyRuntime, Verdict};
+use crate::policy::{Capabilities, Connected, PolicyRuntime, Verdict};
 use crate::store::{ConnectionStore, StoreError};
 use crate::telemetry;
-use crate::wit::types::{ConnectRequest, Response, Settings};
+use crate::wit::types::{ConnectRequest, RefreshRequest, RefreshResponse, Response, Settings};
 
 #[derive(Clone)]
 pub struct Handler {
     runtime: Arc<PolicyRuntime>,
     caps: Capabilities,
     settings: Settings,
+    /// Where API Gateway refreshes are answered instead of the event's own
+    /// stage (`WEBSOCKET_API_ENDPOINT` under Lambda).
+    answer_endpoint: Option<String>,
 }
 
 impl Handler {
@@ -29,7 +32,20 @@ impl Handler {
             runtime,
             caps: Capabilities { store, keys },
             settings,
+            answer_endpoint: None,
         }
+    }
+
+    /// Answers API Gateway refreshes through this Management API endpoint
+    /// instead of the event's stage.
+    pub fn with_answer_endpoint(mut self, endpoint: Option<String>) -> Self {
+        self.answer_endpoint = endpoint.filter(|endpoint| !endpoint.is_empty());
+        self
+    }
+
+    /// See [`Handler::with_answer_endpoint`].
+    pub fn answer_endpoint(&self) -> Option<&str> {
+        self.answer_endpoint.as_deref()
     }
 
     /// A CONNECT with an optional id token; its records name no endpoint.
@@ -45,15 +61,16 @@ impl Handler {
     }
 
     /// A CONNECT whose records say where the connection can be reached
-    /// (`endpoint`), with the `sub` of the user it stored records for (the
-    /// WebSocket endpoint counts sockets per user).
+    /// (`endpoint`), with the user it stored records for and until when
+    /// their token authorises them (the WebSocket endpoint counts sockets
+    /// per user and closes a socket whose token expired).
     pub async fn connect_as(
         &self,
         request_id: &str,
         connection_id: &str,
         id_token: Option<&str>,
         endpoint: Option<&str>,
-    ) -> (Response, Option<String>) {
+    ) -> (Response, Option<Connected>) {
         let request = ConnectRequest {
             connection_id: connection_id.to_owned(),
             id_token: id_token.map(str::to_owned),
@@ -65,6 +82,45 @@ impl Handler {
         tracing::info!(request_id, connection_id, status = reply.status, "CONNECT");
         telemetry::connect(reply.status, reply.rejection);
         (reply, sub)
+    }
+
+    /// An in-band refresh of a connection authorised with `current` (the
+    /// token a self-hosted socket keeps, or one of its records) since
+    /// `connected_at` (RFC 3339, as in its records).
+    pub async fn refresh(
+        &self,
+        request_id: &str,
+        connection_id: &str,
+        id_token: Option<&str>,
+        current: Current,
+        connected_at: &str,
+        endpoint: Option<&str>,
+    ) -> RefreshResponse {
+        let (current_token, current_record) = match current {
+            Current::Token(token) => (Some(token), None),
+            Current::Record(record) => (None, record),
+        };
+        let request = RefreshRequest {
+            connection_id: connection_id.to_owned(),
+            id_token: id_token.map(str::to_owned),
+            current_token,
+            current_record,
+            now: unix_now(),
+            connected_at: connected_at.to_owned(),
+            settings: self.settings.clone(),
+            endpoint: endpoint.map(str::to_owned),
+        };
+        let reply = self.runtime.refresh(&self.caps, request_id, &request).await;
+        // The rejection class, never the token.
+        tracing::info!(
+            request_id,
+            connection_id,
+            code = reply.code,
+            rejection = reply.rejection.map(|r| r.name()),
+            "REFRESH"
+        );
+        telemetry::refresh(reply.code);
+        reply
     }
 
     /// A DISCONNECT.
@@ -124,6 +180,14 @@ impl Handler {
             .verify_token(&self.caps, token, now, &self.settings)
             .await
     }
+}
+
+/// What stands for a connection's current token in a refresh.
+pub enum Current {
+    /// The token itself (a self-hosted socket keeps it).
+    Token(String),
+    /// One of the connection's records, if it has any (API Gateway).
+    Record(Option<crate::store::ConnectionRecord>),
 }
 
 /// A fresh id for a request that came without one.

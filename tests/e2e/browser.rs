@@ -175,7 +175,7 @@ async fn chromium_receives_a_delivered_event_over_the_bearer_subprotocol() {
     let report: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
     assert_eq!(
         report,
-        serde_json::json!({"delivered": 1, "gone": 0, "failed": 0, "expired": 0})
+        serde_json::json!({"delivered": 1, "gone": 0, "failed": 0, "expired": 0, "expiredAuth": 0})
     );
 
     let output =

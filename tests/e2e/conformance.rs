@@ -13,7 +13,7 @@ use gitgazer_ws::policy::{
     Capabilities, EngineOptions, GUEST_COMPONENT, GuestBuild, LoadedGuest, PolicyRuntime,
 };
 use gitgazer_ws::store::{ConnectionRecord, ConnectionStore, RecordKey, StoreError};
-use gitgazer_ws::wit::types::{ConnectRequest, Identity, Response, Settings};
+use gitgazer_ws::wit::types::{ConnectRequest, Identity, RefreshRequest, Response, Settings};
 use gitgazer_ws_tests::conformance::{cases_path, document, write_cases};
 use serde_json::{Value, json};
 
@@ -147,6 +147,8 @@ fn record_from(value: &Value) -> ConnectionRecord {
         connected_at: str_of(value, "connected-at").into(),
         expires_at: u64_of(value, "expires-at"),
         endpoint: value["endpoint"].as_str().map(str::to_owned),
+        auth_expires_at: value["auth-expires-at"].as_u64(),
+        auth_issued_at: value["auth-issued-at"].as_u64(),
     }
 }
 
@@ -161,6 +163,12 @@ fn record_to(record: &ConnectionRecord) -> Value {
     // Only when set: the cases without one stay as they were.
     if let Some(endpoint) = &record.endpoint {
         value["endpoint"] = json!(endpoint);
+    }
+    if let Some(auth_expires_at) = record.auth_expires_at {
+        value["auth-expires-at"] = json!(auth_expires_at);
+    }
+    if let Some(auth_issued_at) = record.auth_issued_at {
+        value["auth-issued-at"] = json!(auth_issued_at);
     }
     value
 }
@@ -239,6 +247,28 @@ async fn run_case(runtime: &PolicyRuntime, case: &Value) -> Value {
                 .await
                 .0,
         ),
+        "refresh" => {
+            let r = runtime
+                .refresh(
+                    &caps,
+                    name,
+                    &RefreshRequest {
+                        connection_id: str_of(call, "connection-id").into(),
+                        id_token: call["id-token"].as_str().map(str::to_owned),
+                        current_token: call["current-token"].as_str().map(str::to_owned),
+                        current_record: call
+                            .get("current-record")
+                            .filter(|record| !record.is_null())
+                            .map(record_from),
+                        now: u64_of(call, "now"),
+                        connected_at: str_of(call, "connected-at").into(),
+                        settings: settings_of(&call["settings"]),
+                        endpoint: call["endpoint"].as_str().map(str::to_owned),
+                    },
+                )
+                .await;
+            json!({ "refresh": { "code": r.code, "body": r.body, "expires-at": r.expires_at } })
+        }
         "disconnect" => reply(
             runtime
                 .disconnect(&caps, name, str_of(call, "connection-id"))
@@ -341,7 +371,7 @@ async fn run_conformance(build: GuestBuild, expected: LoadedGuest) {
 }
 
 /// How many cases the set holds; a change is a change of the set.
-const CASES: usize = 79;
+const CASES: usize = 92;
 
 /// A token with what changes from one generation to the next masked: the
 /// signing key's `kid` in a header segment, and signatures (segments from
@@ -381,7 +411,7 @@ fn stable(mut document: Value) -> Value {
                 *set = json!("<key set>");
             }
         }
-        for field in ["id-token", "token"] {
+        for field in ["id-token", "token", "current-token"] {
             if let Some(Value::String(token)) = case["call"].get_mut(field) {
                 *token = stable_token(token);
             }

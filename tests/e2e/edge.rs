@@ -369,7 +369,7 @@ async fn in_front_of_a_real_server_the_edge_forwards_valid_upgrades_and_answers_
         .unwrap();
     assert_eq!(
         serde_json::from_str::<Value>(&delivered).unwrap(),
-        json!({"delivered": 2, "gone": 0, "failed": 0, "expired": 0})
+        json!({"delivered": 2, "gone": 0, "failed": 0, "expired": 0, "expiredAuth": 0})
     );
     for socket in [&mut by_query, &mut by_bearer] {
         assert_eq!(next_text(socket).await.as_deref(), Some(r#"{"n":1}"#));

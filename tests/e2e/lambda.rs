@@ -565,3 +565,281 @@ async fn the_arm64_package_serves_events_under_emulation_from_its_precompiled_co
         cold_start.as_millis()
     );
 }
+
+/// A Management API that answers 200 to everything and records each call
+/// (method, path, body).
+async fn recording_management_api() -> (String, Arc<std::sync::Mutex<Vec<(String, String, String)>>>)
+{
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = calls.clone();
+    let app = axum::Router::new().fallback(
+        move |method: axum::http::Method, uri: axum::http::Uri, body: String| {
+            let recorded = recorded.clone();
+            async move {
+                recorded
+                    .lock()
+                    .unwrap()
+                    .push((method.to_string(), uri.path().to_owned(), body));
+                (axum::http::StatusCode::OK, "")
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, calls)
+}
+
+/// A MESSAGE routed `refresh` with this body.
+fn refresh_event(connection_id: &str, body: &str) -> Value {
+    let mut event = fixture("connect.json");
+    event["requestContext"]["eventType"] = json!("MESSAGE");
+    event["requestContext"]["routeKey"] = json!("refresh");
+    event["requestContext"]["connectionId"] = json!(connection_id);
+    event["body"] = json!(body);
+    event
+}
+
+fn refresh_body(token: &str) -> String {
+    json!({ "action": "refresh", "idToken": token }).to_string()
+}
+
+/// The Lambda path of the in-band refresh, against dynalite: MESSAGE events
+/// routed `refresh` through the handler, answered by posting to the
+/// connection (the `refreshed` frame; or a last close message and
+/// DeleteConnection), the records following the new token; a malformed or
+/// oversized body changes nothing; any other MESSAGE keeps its 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_messages_through_the_handler_function_against_dynalite() {
+    use gitgazer_ws::store::{ConnectionStore, DynamoDbOptions, DynamoDbStore};
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("lambda-refresh");
+    create_table(&endpoint, &table);
+    let signer = DevSigner::generate().unwrap();
+    let runtime = PolicyRuntime::new(EngineOptions {
+        cache_dir: Some(test_cache_dir()),
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    let keys = Arc::new(StaticKeySet::new(signer.jwks().to_owned(), "test").unwrap());
+    let settings = Settings {
+        issuer: format!("https://cognito-idp.{REGION}.amazonaws.com/{POOL}"),
+        audiences: vec![CLIENT.into()],
+        leeway_seconds: 0,
+        record_ttl_seconds: 7500,
+    };
+    let store = Arc::new(
+        DynamoDbStore::connect(DynamoDbOptions {
+            table: table.clone(),
+            connection_id_index: "connectionId-index".into(),
+            region: Some("us-east-1".into()),
+            query_page_limit: None,
+            unprocessed_retry: Default::default(),
+            rollback_retry: Default::default(),
+        })
+        .await,
+    );
+    let (api, calls) = recording_management_api().await;
+    let handler = Handler::new(runtime, store.clone(), keys, settings)
+        .with_answer_endpoint(Some(api.clone()));
+    let invoke = |payload: Value| {
+        let handler = handler.clone();
+        async move {
+            let mut context = Context::default();
+            context.request_id = "lambda-refresh-1".into();
+            let response =
+                gitgazer_ws::edge::lambda::handle(&handler, LambdaEvent::new(payload, context))
+                    .await;
+            serde_json::to_value(response).unwrap()
+        }
+    };
+    let token = |sub: &str, groups: Value, iat: u64| {
+        signer.sign(&json!({
+            "sub": sub,
+            "iss": format!("https://cognito-idp.{REGION}.amazonaws.com/{POOL}"),
+            "aud": CLIENT, "token_use": "id", "iat": iat, "exp": iat + 600,
+            "cognito:groups": groups,
+        }))
+    };
+    let groups_of = |connection: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut groups: Vec<String> = store
+                .keys_of(connection)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|key| key.integration_id)
+                .collect();
+            groups.sort();
+            groups
+        }
+    };
+    let now = unix_now();
+    let first = token("lambda-user", json!(["acme", "globex"]), now - 10);
+    assert_eq!(
+        invoke(connect_event(Some(&first), "REFRESHa=")).await,
+        proxy(200, "Connected.")
+    );
+
+    // Valid: the answer posted to the connection, the records follow.
+    let second = token("lambda-user", json!(["acme", "initech"]), now);
+    let refreshed = format!(
+        r#"{{"type":"refreshed","expiresAt":{},"added":["initech"],"removed":["globex"]}}"#,
+        now + 600
+    );
+    assert_eq!(
+        invoke(refresh_event("REFRESHa=", &refresh_body(&second))).await,
+        proxy(200, &refreshed)
+    );
+    assert_eq!(
+        calls.lock().unwrap().drain(..).collect::<Vec<_>>(),
+        [(
+            "POST".to_owned(),
+            "/@connections/REFRESHa%3D".to_owned(),
+            refreshed.clone()
+        )]
+    );
+    assert_eq!(groups_of("REFRESHa=").await, ["acme", "initech"]);
+    let record = store
+        .record(&gitgazer_ws::store::RecordKey {
+            integration_id: "initech".into(),
+            connection_id: "REFRESHa=".into(),
+        })
+        .await
+        .unwrap()
+        .expect("the added record");
+    assert_eq!(
+        (record.auth_issued_at, record.auth_expires_at),
+        (Some(now), Some(now + 600))
+    );
+
+    // Malformed and oversized bodies: 400 and 413, nothing posted or changed.
+    for (body, status, answer) in [
+        ("not json".to_owned(), 400, "Invalid refresh."),
+        (r#"{"action":"other"}"#.to_owned(), 400, "Invalid refresh."),
+        (
+            refresh_body(&"x".repeat(16 * 1024)),
+            413,
+            "Refresh too large.",
+        ),
+    ] {
+        assert_eq!(
+            invoke(refresh_event("REFRESHa=", &body)).await,
+            proxy(status, answer)
+        );
+    }
+    assert!(calls.lock().unwrap().is_empty());
+    assert_eq!(groups_of("REFRESHa=").await, ["acme", "initech"]);
+    // Other MESSAGEs keep their 400.
+    assert_eq!(
+        invoke(message_event()).await,
+        proxy(400, "Invalid event type: MESSAGE")
+    );
+
+    // The same token again (its records stand for it): refused, a last
+    // close message, DeleteConnection, no records.
+    assert_eq!(
+        invoke(refresh_event("REFRESHa=", &refresh_body(&second))).await,
+        proxy(401, "token invalid")
+    );
+    assert_eq!(
+        calls.lock().unwrap().drain(..).collect::<Vec<_>>(),
+        [
+            (
+                "POST".to_owned(),
+                "/@connections/REFRESHa%3D".to_owned(),
+                r#"{"type":"close","code":4001,"reason":"token invalid"}"#.to_owned()
+            ),
+            (
+                "DELETE".to_owned(),
+                "/@connections/REFRESHa%3D".to_owned(),
+                String::new()
+            ),
+        ]
+    );
+    assert!(groups_of("REFRESHa=").await.is_empty());
+
+    // Another user's token: 4003.
+    assert_eq!(
+        invoke(connect_event(Some(&first), "REFRESHb=")).await,
+        proxy(200, "Connected.")
+    );
+    let mallory = token("mallory", json!(["acme"]), now);
+    assert_eq!(
+        invoke(refresh_event("REFRESHb=", &refresh_body(&mallory))).await,
+        proxy(403, "forbidden")
+    );
+    let calls_now = calls.lock().unwrap().drain(..).collect::<Vec<_>>();
+    assert_eq!(calls_now.len(), 2, "{calls_now:?}");
+    assert!(calls_now[0].2.contains(r#""code":4003"#), "{calls_now:?}");
+    assert!(groups_of("REFRESHb=").await.is_empty());
+}
+
+/// `deliver` ends an API Gateway connection whose token expired more than
+/// the grace window ago: a last close message, DeleteConnection, its
+/// records deleted; one still within the grace is only skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_ends_api_gateway_connections_past_the_grace() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("lambda-grace");
+    create_table(&endpoint, &table);
+    let (api, calls) = recording_management_api().await;
+    let client = crate::support::client(&endpoint);
+    let now = unix_now();
+    for (connection, auth_expires_at) in [("past=", now - 31), ("within=", now - 5)] {
+        client
+            .put_item()
+            .table_name(&table)
+            .item("integrationId", AttributeValue::S("acme".into()))
+            .item("connectionId", AttributeValue::S(connection.into()))
+            .item("sub", AttributeValue::S("u".into()))
+            .item(
+                "connectedAt",
+                AttributeValue::S("2026-11-27T00:00:00Z".into()),
+            )
+            .item("expiresAt", AttributeValue::N((now + 3600).to_string()))
+            .item(
+                "authExpiresAt",
+                AttributeValue::N(auth_expires_at.to_string()),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    let output = Command::new(gitgazer_ws_tests::binary_path())
+        .envs(dynamodb_env(&endpoint, &table))
+        .env("WEBSOCKET_API_ENDPOINT", &api)
+        .env("AUTH_GRACE_SECONDS", "30")
+        .args(["deliver", "--integration", "acme", "--message", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(
+        report,
+        json!({"delivered": 0, "gone": 0, "failed": 0, "expired": 0, "expiredAuth": 2})
+    );
+    assert_eq!(
+        calls.lock().unwrap().clone(),
+        [
+            (
+                "POST".to_owned(),
+                "/@connections/past%3D".to_owned(),
+                r#"{"type":"close","code":4001,"reason":"token expired"}"#.to_owned()
+            ),
+            (
+                "DELETE".to_owned(),
+                "/@connections/past%3D".to_owned(),
+                String::new()
+            ),
+        ]
+    );
+    let left = crate::support::keys(&crate::support::scan(&endpoint, &table).await);
+    assert_eq!(
+        left.into_iter().map(|(_, c)| c).collect::<Vec<_>>(),
+        ["within="]
+    );
+}

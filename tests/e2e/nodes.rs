@@ -210,7 +210,7 @@ fn deliver_command(
 }
 
 fn report(delivered: usize, gone: usize, failed: usize) -> serde_json::Value {
-    serde_json::json!({"delivered": delivered, "gone": gone, "failed": failed, "expired": 0})
+    serde_json::json!({"delivered": delivered, "gone": gone, "failed": failed, "expired": 0, "expiredAuth": 0})
 }
 
 /// The next text frame within `wait` (pings skipped); `None` on silence

@@ -176,7 +176,7 @@ async fn upgrades_only_on_a_200_connect_with_the_token_in_the_query_or_the_beare
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         report,
-        serde_json::json!({"delivered": 2, "gone": 0, "failed": 0, "expired": 0})
+        serde_json::json!({"delivered": 2, "gone": 0, "failed": 0, "expired": 0, "expiredAuth": 0})
     );
     for socket in [&mut by_query, &mut by_bearer] {
         assert_eq!(
@@ -347,7 +347,7 @@ async fn a_thousand_clients_of_ten_integrations() {
     );
     assert_eq!(
         report,
-        serde_json::json!({"delivered": CLIENTS / INTEGRATIONS, "gone": 5, "failed": 0, "expired": 1})
+        serde_json::json!({"delivered": CLIENTS / INTEGRATIONS, "gone": 5, "failed": 0, "expired": 1, "expiredAuth": 0})
     );
     // Exactly integration-3's sockets got it, once: a marker delivered to
     // every integration afterwards is every other socket's first message,
@@ -719,7 +719,10 @@ async fn records_written_by_the_original_handler_are_delivered() {
     let (status, body) = post(&fixture, "/integrations/legacy/events", "{\"n\":7}").await;
     assert_eq!(
         (status, body.as_str()),
-        (200, r#"{"delivered":1,"gone":0,"failed":0,"expired":0}"#)
+        (
+            200,
+            r#"{"delivered":1,"gone":0,"failed":0,"expired":0,"expiredAuth":0}"#
+        )
     );
     assert_eq!(
         next_text(&mut socket, Duration::from_secs(10))
@@ -898,7 +901,7 @@ async fn deliver_exits_1_when_posts_fail_and_2_when_it_cannot_start() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
-        r#"{"delivered":0,"gone":0,"failed":2,"expired":0}"#
+        r#"{"delivered":0,"gone":0,"failed":2,"expired":0,"expiredAuth":0}"#
     );
     assert_eq!(
         posts.load(std::sync::atomic::Ordering::SeqCst),
@@ -946,7 +949,7 @@ async fn a_delivery_racing_a_connect_keeps_the_new_connections_records() {
     let (code, report) = deliver_exit(&fixture, &endpoint, &table, "acme", "{\"n\":1}");
     assert_eq!(
         report,
-        serde_json::json!({"delivered": 0, "gone": 1, "failed": 1, "expired": 0})
+        serde_json::json!({"delivered": 0, "gone": 1, "failed": 1, "expired": 0, "expiredAuth": 0})
     );
     assert_eq!(code, Some(1), "a failed connection is exit 1");
     let left: Vec<String> = scan(&endpoint, &table)
@@ -955,4 +958,306 @@ async fn a_delivery_racing_a_connect_keeps_the_new_connections_records() {
         .map(|(_, connection, _, _)| connection)
         .collect();
     assert_eq!(left, ["connecting"]);
+}
+
+/// The `exp` claim of a token (its payload, unverified).
+fn exp_of(token: &str) -> u64 {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWS");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["exp"].as_u64().expect("exp")
+}
+
+/// Waits until the host's clock (seconds since the epoch) reaches `second`.
+async fn wait_until_second(second: u64) {
+    while unix_now() < second {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A token that expires in 3 s, a grace of 2 s: a delivery before `exp`
+/// arrives; one after it does not and is counted `expiredAuth`; the socket
+/// hears `refresh_required` before `exp`, and after the grace it is closed
+/// with 4001 `token expired` and its records are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_ends_delivery_and_after_the_grace_its_socket() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-auth-expiry");
+    create_table(&endpoint, &table);
+    let fixture = Fixture::start(&endpoint, &table, &[("AUTH_GRACE_SECONDS", "2")]);
+    let url = fixture.server.url("/dev/token?sub=alice&groups=acme&ttl=3");
+    let (status, token) = crate::support::get(&url).await;
+    assert_eq!(status, 200, "{token}");
+    let exp = exp_of(&token);
+    let mut socket = open_with_query(&fixture, &token).await;
+    let records = scan(&endpoint, &table).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    let auth_expires_at = client(&endpoint)
+        .scan()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap()
+        .items()[0]
+        .get("authExpiresAt")
+        .cloned();
+    assert_eq!(
+        auth_expires_at,
+        Some(AttributeValue::N(exp.to_string())),
+        "the record carries the token's exp"
+    );
+
+    // Before exp: delivered.
+    assert!(
+        unix_now() < exp,
+        "the token expired before the first delivery"
+    );
+    let report = deliver(&fixture, &endpoint, &table, "acme", r#"{"n":1}"#);
+    assert_eq!(report["delivered"], 1, "{report}");
+    assert_eq!(report["expiredAuth"], 0, "{report}");
+    let mut notice = None;
+    let mut first = None;
+    while first.is_none() {
+        let text = next_text(&mut socket, Duration::from_secs(5))
+            .await
+            .expect("the first delivery");
+        if text.contains("refresh_required") {
+            notice = Some(text);
+        } else {
+            first = Some(text);
+        }
+    }
+    assert_eq!(first.as_deref(), Some(r#"{"n":1}"#));
+
+    // After exp: skipped, counted, the records kept for the grace window.
+    wait_until_second(exp).await;
+    let report = deliver(&fixture, &endpoint, &table, "acme", r#"{"n":2}"#);
+    assert_eq!(
+        report,
+        serde_json::json!({"delivered": 0, "gone": 0, "failed": 0, "expired": 0, "expiredAuth": 1})
+    );
+    assert_eq!(
+        scan(&endpoint, &table).await.len(),
+        1,
+        "kept during the grace"
+    );
+
+    // The notice came before exp, with the seconds left; then, after the
+    // grace, the close; the delivery after exp never arrived.
+    let (code, reason) = loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+            Err(_) => panic!("no close within 10 s"),
+            Ok(Some(Ok(Message::Text(text)))) => {
+                assert!(
+                    text.contains("refresh_required") && notice.is_none(),
+                    "only one notice and no delivery after exp: {text}"
+                );
+                notice = Some(text.to_string());
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                break (u16::from(frame.code), frame.reason.to_string());
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+    };
+    assert!(
+        unix_now() >= exp + 2,
+        "closed only after the grace: at {} for exp {exp}",
+        unix_now()
+    );
+    assert_eq!((code, reason.as_str()), (4001, "token expired"));
+    let notice: serde_json::Value = serde_json::from_str(&notice.expect("a notice")).unwrap();
+    assert_eq!(notice["type"], "refresh_required");
+    let expires_in = notice["expiresIn"].as_u64().expect("expiresIn seconds");
+    assert!(expires_in <= 2, "half of a 3 s token's life: {notice}");
+    wait_for_table(&endpoint, &table, &BTreeSet::new()).await;
+}
+
+/// A dev token of `sub` in `groups`, valid for `ttl` seconds.
+async fn dev_token(fixture: &Fixture, sub: &str, groups: &str, ttl: u64) -> String {
+    let url = fixture
+        .server
+        .url(&format!("/dev/token?sub={sub}&groups={groups}&ttl={ttl}"));
+    let (status, token) = crate::support::get(&url).await;
+    assert_eq!(status, 200, "{token}");
+    token
+}
+
+/// The next text frame that is not a `refresh_required` notice.
+async fn next_answer(socket: &mut Socket, wait: Duration) -> Option<String> {
+    loop {
+        let text = next_text(socket, wait).await?;
+        if !text.contains("refresh_required") {
+            return Some(text);
+        }
+    }
+}
+
+async fn send_refresh(socket: &mut Socket, token: &str) {
+    let frame = serde_json::json!({"action": "refresh", "idToken": token}).to_string();
+    socket.send(Message::Text(frame.into())).await.unwrap();
+}
+
+/// The close frame, skipping notices (and nothing else).
+async fn closed_with(socket: &mut Socket, wait: Duration) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Err(_) => panic!("no close frame within {wait:?}"),
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                return (u16::from(frame.code), frame.reason.to_string());
+            }
+            Ok(Some(Ok(Message::Text(text)))) if text.contains("refresh_required") => {}
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// A refresh before `exp` with a token that drops group `b` and adds `c`:
+/// the answer lists them, the records follow, and the socket keeps
+/// receiving past the first token's `exp` and grace, but not `b`'s events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_moves_the_expiry_and_brings_the_groups_in_line() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-refresh");
+    create_table(&endpoint, &table);
+    let fixture = Fixture::start(&endpoint, &table, &[("AUTH_GRACE_SECONDS", "2")]);
+    let first = dev_token(&fixture, "alice", "a,b", 3).await;
+    let first_exp = exp_of(&first);
+    let mut socket = open_with_query(&fixture, &first).await;
+    let id = connections_of(&endpoint, &table, "a").await.remove(0);
+
+    let second = dev_token(&fixture, "alice", "a,c", 600).await;
+    send_refresh(&mut socket, &second).await;
+    let answer: serde_json::Value = serde_json::from_str(
+        &next_answer(&mut socket, Duration::from_secs(5))
+            .await
+            .expect("an answer"),
+    )
+    .unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({"type": "refreshed", "expiresAt": exp_of(&second), "added": ["c"], "removed": ["b"]})
+    );
+    let expected: BTreeSet<(String, String)> = [("a", &id), ("c", &id)]
+        .into_iter()
+        .map(|(g, c)| (g.to_owned(), c.clone()))
+        .collect();
+    wait_for_table(&endpoint, &table, &expected).await;
+
+    // Past the first token's exp and grace: still open, still receiving.
+    wait_until_second(first_exp + 3).await;
+    let report = deliver(&fixture, &endpoint, &table, "a", r#"{"n":"a"}"#);
+    assert_eq!(report["delivered"], 1, "{report}");
+    assert_eq!(
+        next_answer(&mut socket, Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some(r#"{"n":"a"}"#)
+    );
+    let report = deliver(&fixture, &endpoint, &table, "b", r#"{"n":"b"}"#);
+    assert_eq!(report["delivered"], 0, "{report}");
+    let report = deliver(&fixture, &endpoint, &table, "c", r#"{"n":"c"}"#);
+    assert_eq!(report["delivered"], 1, "{report}");
+    assert_eq!(
+        next_answer(&mut socket, Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some(r#"{"n":"c"}"#),
+        "b's event never arrives"
+    );
+    socket.close(None).await.unwrap();
+    wait_for_table(&endpoint, &table, &BTreeSet::new()).await;
+}
+
+/// Refused refreshes close the socket with the policy's code, leave no
+/// records and put nothing of the token in the logs; a second refresh
+/// within 10 s closes 4029.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_refreshes_close_with_their_code_and_leave_no_records() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-refresh-refused");
+    create_table(&endpoint, &table);
+    let fixture = Fixture::start(&endpoint, &table, &[]);
+    let older = dev_token(&fixture, "alice", "acme", 600).await;
+    let short = dev_token(&fixture, "alice", "acme", 1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let current = dev_token(&fixture, "alice", "acme", 600).await;
+    assert_ne!(older, current);
+    let other_user = dev_token(&fixture, "bob", "acme", 600).await;
+    let mut forged = current.clone();
+    forged.truncate(forged.len() - 6);
+    forged.push_str("AAAAAA");
+    // `short` has expired by now (dev mode has no leeway).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let cases: [(&str, &str, u16, &str); 5] = [
+        ("another user", &other_user, 4003, "forbidden"),
+        ("the same token", &current, 4001, "token invalid"),
+        ("an older token", &older, 4001, "token invalid"),
+        ("a forged token", &forged, 4001, "token invalid"),
+        ("an expired token", &short, 4001, "token expired"),
+    ];
+    for (what, token, code, reason) in cases {
+        let mut socket = open_with_query(&fixture, &current).await;
+        wait_for_table_len(&endpoint, &table, 1).await;
+        send_refresh(&mut socket, token).await;
+        assert_eq!(
+            closed_with(&mut socket, Duration::from_secs(10)).await,
+            (code, reason.to_owned()),
+            "{what}"
+        );
+        wait_for_table(&endpoint, &table, &BTreeSet::new()).await;
+    }
+
+    // Rate: the first refresh is answered, a second within 10 s closes 4029.
+    let mut socket = open_with_query(&fixture, &current).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let newer = dev_token(&fixture, "alice", "acme", 600).await;
+    send_refresh(&mut socket, &newer).await;
+    let answer = next_answer(&mut socket, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(answer.contains(r#""type":"refreshed""#), "{answer}");
+    send_refresh(&mut socket, &newer).await;
+    assert_eq!(
+        closed_with(&mut socket, Duration::from_secs(10)).await,
+        (4029, "rate limited".to_owned())
+    );
+    wait_for_table(&endpoint, &table, &BTreeSet::new()).await;
+
+    // A refresh frame over 16 KiB closes 1009.
+    let mut socket = open_with_query(&fixture, &current).await;
+    send_refresh(&mut socket, &"x".repeat(16 * 1024)).await;
+    assert_eq!(
+        closed_with(&mut socket, Duration::from_secs(10)).await,
+        (1009, "message too big".to_owned())
+    );
+    wait_for_table(&endpoint, &table, &BTreeSet::new()).await;
+
+    let logs = fixture.server.logs();
+    for token in [&older, &current, &other_user, &forged, &short, &newer] {
+        for segment in token.split('.').filter(|s| s.len() > 8) {
+            assert!(!logs.contains(segment), "a token segment is in the logs");
+        }
+    }
+    for class in [
+        "another sub",
+        "the current token again",
+        "older than the current token",
+        "token bad-signature",
+        "token expired",
+    ] {
+        assert!(
+            logs.contains(&format!("refresh refused: {class}")),
+            "{class} not logged"
+        );
+    }
 }

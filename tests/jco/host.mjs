@@ -36,6 +36,8 @@ export function beginCase({ keySet, refreshedKeySet, storeBefore, storeFailure }
       connectedAt: r['connected-at'],
       expiresAt: BigInt(r['expires-at']),
       endpoint: r.endpoint,
+      authExpiresAt: r['auth-expires-at'] === undefined ? undefined : BigInt(r['auth-expires-at']),
+      authIssuedAt: r['auth-issued-at'] === undefined ? undefined : BigInt(r['auth-issued-at']),
     });
   }
   current = {
@@ -45,6 +47,20 @@ export function beginCase({ keySet, refreshedKeySet, storeBefore, storeFailure }
     failure: storeFailure ?? null,
     keySetRequests: [],
     logs: [],
+  };
+}
+
+/** A kebab-case record (as in cases.json) as jco passes it to the guest. */
+export function recordFromCase(r) {
+  return {
+    integrationId: r['integration-id'],
+    connectionId: r['connection-id'],
+    sub: r.sub,
+    connectedAt: r['connected-at'],
+    expiresAt: BigInt(r['expires-at']),
+    endpoint: r.endpoint,
+    authExpiresAt: r['auth-expires-at'] === undefined ? undefined : BigInt(r['auth-expires-at']),
+    authIssuedAt: r['auth-issued-at'] === undefined ? undefined : BigInt(r['auth-issued-at']),
   };
 }
 
@@ -64,6 +80,8 @@ export function endCase() {
       'expires-at': Number(r.expiresAt),
       // Only when set, as the wasmtime runner writes it.
       ...(r.endpoint === undefined ? {} : { endpoint: r.endpoint }),
+      ...(r.authExpiresAt === undefined ? {} : { 'auth-expires-at': Number(r.authExpiresAt) }),
+      ...(r.authIssuedAt === undefined ? {} : { 'auth-issued-at': Number(r.authIssuedAt) }),
     }));
   return { storeAfter, keySetRequests: state.keySetRequests, logs: state.logs };
 }

@@ -17,7 +17,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
 import { transpile } from '@bytecodealliance/jco';
-import { beginCase, endCase } from './host.mjs';
+import { beginCase, endCase, recordFromCase } from './host.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '../..');
@@ -90,6 +90,26 @@ async function runCase(testCase) {
         outcome = { response: { status: r.status, body: r.body } };
         break;
       }
+      case 'refresh': {
+        const r = handler.handleRefresh({
+          connectionId: call['connection-id'],
+          idToken: call['id-token'] ?? undefined,
+          currentToken: call['current-token'] ?? undefined,
+          currentRecord: call['current-record'] ? recordFromCase(call['current-record']) : undefined,
+          now: BigInt(call.now),
+          connectedAt: call['connected-at'],
+          settings: settingsOf(call.settings),
+          endpoint: call.endpoint ?? undefined,
+        });
+        outcome = {
+          refresh: {
+            code: r.code,
+            body: r.body,
+            'expires-at': r.expiresAt === undefined ? null : Number(r.expiresAt),
+          },
+        };
+        break;
+      }
       case 'disconnect': {
         const r = handler.handleDisconnect({ connectionId: call['connection-id'] });
         outcome = { response: { status: r.status, body: r.body } };
@@ -139,9 +159,10 @@ for (const testCase of cases) {
     }
   }
   // The guest must never log a token.
-  const token = testCase.call['id-token'] ?? testCase.call.token;
-  if (token && token.length >= 16 && logs.some((l) => l.message.includes(token))) {
-    differences.push('  a log line contains the token');
+  for (const token of [testCase.call['id-token'] ?? testCase.call.token, testCase.call['current-token']]) {
+    if (token && token.length >= 16 && logs.some((l) => l.message.includes(token))) {
+      differences.push('  a log line contains the token');
+    }
   }
   if (differences.length === 0) {
     passed += 1;

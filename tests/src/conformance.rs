@@ -83,6 +83,8 @@ fn with(mut claims: Value, name: &str, value: Value) -> Value {
     claims
 }
 
+/// A record as a CONNECT at `NOW` stores it, for a token of [`claims`]
+/// (`auth-expires-at`: its `exp`; `auth-issued-at`: its `iat`).
 fn record(group: &str, connection_id: &str, sub: &str) -> Value {
     json!({
         "integration-id": group,
@@ -90,10 +92,20 @@ fn record(group: &str, connection_id: &str, sub: &str) -> Value {
         "sub": sub,
         "connected-at": NOW_RFC3339,
         "expires-at": NOW + u64::from(RECORD_TTL),
+        "auth-expires-at": NOW + 3600,
+        "auth-issued-at": NOW - 60,
     })
 }
 
-/// A record stored by an earlier connection (other time, other TTL).
+/// [`record`] for a token whose `exp` was `exp`.
+fn record_until(group: &str, connection_id: &str, sub: &str, exp: u64) -> Value {
+    let mut record = record(group, connection_id, sub);
+    record["auth-expires-at"] = json!(exp);
+    record
+}
+
+/// A record stored by an earlier connection (other time, other TTL, and
+/// written before records carried `auth-expires-at`).
 fn old_record(group: &str, connection_id: &str, sub: &str) -> Value {
     json!({
         "integration-id": group,
@@ -363,12 +375,27 @@ fn build_cases() -> Vec<Value> {
     ));
     let mut c = b.case(
         "connect-expired-within-leeway",
-        "exp 30 s ago with 60 s leeway is still accepted",
+        "exp 30 s ago with 60 s leeway is still accepted (auth-expires-at: that exp)",
         connect("c1", Some(&within_leeway)),
         response(200, CONNECTED),
     );
     c.key_set_requests = vec![false];
-    c.store_after = Some(vec![record("acme", "c1", "alice")]);
+    c.store_after = Some(vec![record_until("acme", "c1", "alice", NOW - 30)]);
+    b.push(c);
+
+    let fractional_exp = signer.sign(&with(
+        claims("alice", Some(json!(["acme"]))),
+        "exp",
+        json!((NOW + 90) as f64 + 0.75),
+    ));
+    let mut c = b.case(
+        "connect-auth-expires-at-rounds-exp-down",
+        "every record carries the token's exp as auth-expires-at, a fraction rounded down",
+        connect("c1", Some(&fractional_exp)),
+        response(200, CONNECTED),
+    );
+    c.key_set_requests = vec![false];
+    c.store_after = Some(vec![record_until("acme", "c1", "alice", NOW + 90)]);
     b.push(c);
 
     let mut c = b.case(
@@ -903,7 +930,238 @@ fn build_cases() -> Vec<Value> {
     c.key_set_requests = vec![false];
     b.push(c);
 
+    refresh_cases(&mut b, &signer);
+
     b.cases
+}
+
+/// The endpoint refresh cases store with their records.
+const NODE_ENDPOINT: &str = "http://10.0.0.5:8082/n/3f9c0a1b2c3d4e5f";
+
+fn refresh(connection_id: &str, token: Option<&str>, current: &str) -> Value {
+    json!({
+        "op": "refresh",
+        "connection-id": connection_id,
+        "id-token": token,
+        "current-token": current,
+        "now": NOW,
+        "connected-at": "2027-01-15T07:00:00Z",
+        "settings": settings_json(),
+        "endpoint": NODE_ENDPOINT,
+    })
+}
+
+fn refreshed(code: u16, body: &str, expires_at: Option<u64>) -> Value {
+    json!({ "refresh": { "code": code, "body": body, "expires-at": expires_at } })
+}
+
+/// A record a refresh at `NOW` writes for a token issued at `iat`,
+/// expiring at `exp`.
+fn refreshed_record(group: &str, connection_id: &str, sub: &str, iat: u64, exp: u64) -> Value {
+    json!({
+        "integration-id": group,
+        "connection-id": connection_id,
+        "sub": sub,
+        "connected-at": "2027-01-15T07:00:00Z",
+        "expires-at": NOW + u64::from(RECORD_TTL),
+        "endpoint": NODE_ENDPOINT,
+        "auth-expires-at": exp,
+        "auth-issued-at": iat,
+    })
+}
+
+/// The records a CONNECT an hour before `NOW` stored for alice's current
+/// token (groups acme, globex; exp at `NOW + 60`), and another connection's.
+fn connected_before() -> Vec<Value> {
+    let mut records = vec![
+        old_record("acme", "r1", "alice"),
+        old_record("globex", "r1", "alice"),
+        old_record("acme", "r9", "bob"),
+    ];
+    for record in &mut records[..2] {
+        record["endpoint"] = json!(NODE_ENDPOINT);
+        record["auth-expires-at"] = json!(NOW + 60);
+        record["auth-issued-at"] = json!(NOW - 3600);
+    }
+    records
+}
+
+fn refresh_cases(b: &mut Builder, signer: &DevSigner) {
+    let token = |sub: &str, groups: Value, iat: u64, exp: u64| {
+        let mut claims = claims(sub, Some(groups));
+        claims["iat"] = json!(iat);
+        claims["auth_time"] = json!(iat);
+        claims["exp"] = json!(exp);
+        signer.sign(&claims)
+    };
+    let current = token("alice", json!(["acme", "globex"]), NOW - 3600, NOW + 60);
+    let bob = old_record("acme", "r9", "bob");
+
+    let newer = token("alice", json!(["acme", "initech"]), NOW - 10, NOW + 3590);
+    let mut c = b.case(
+        "refresh-brings-records-in-line",
+        "a newer token of the same sub: every group written with the new auth-expires-at, \
+         the dropped one deleted; the answer lists what was added and removed",
+        refresh("r1", Some(&newer), &current),
+        refreshed(
+            1000,
+            &format!(
+                r#"{{"type":"refreshed","expiresAt":{},"added":["initech"],"removed":["globex"]}}"#,
+                NOW + 3590
+            ),
+            Some(NOW + 3590),
+        ),
+    );
+    c.key_set_requests = vec![false];
+    c.store_before = connected_before();
+    c.store_after = Some(vec![
+        refreshed_record("acme", "r1", "alice", NOW - 10, NOW + 3590),
+        refreshed_record("initech", "r1", "alice", NOW - 10, NOW + 3590),
+        bob.clone(),
+    ]);
+    b.push(c);
+
+    // API Gateway: no token kept; one of the connection's records stands
+    // for it.
+    let by_record = |token: &str| {
+        let mut call = refresh("r1", Some(token), &current);
+        call["current-token"] = Value::Null;
+        call["current-record"] = connected_before()[0].clone();
+        call
+    };
+    let mut c = b.case(
+        "refresh-by-record-brings-records-in-line",
+        "without the current token, its record's sub, auth-issued-at and auth-expires-at \
+         stand for it: a newer token is accepted as with the token",
+        by_record(&newer),
+        refreshed(
+            1000,
+            &format!(
+                r#"{{"type":"refreshed","expiresAt":{},"added":["initech"],"removed":["globex"]}}"#,
+                NOW + 3590
+            ),
+            Some(NOW + 3590),
+        ),
+    );
+    c.key_set_requests = vec![false];
+    c.store_before = connected_before();
+    c.store_after = Some(vec![
+        refreshed_record("acme", "r1", "alice", NOW - 10, NOW + 3590),
+        refreshed_record("initech", "r1", "alice", NOW - 10, NOW + 3590),
+        bob.clone(),
+    ]);
+    b.push(c);
+
+    let resigned = {
+        let mut claims = claims("alice", Some(json!(["acme", "globex"])));
+        claims["iat"] = json!(NOW - 3600);
+        claims["exp"] = json!(NOW + 60);
+        claims["jti"] = json!("another");
+        signer.sign(&claims)
+    };
+    let mut c = b.case(
+        "refresh-by-record-same-iat-and-exp",
+        "without the current token, a token of the same iat and exp counts as the same token: 4001",
+        by_record(&resigned),
+        refreshed(4001, "token invalid", None),
+    );
+    c.key_set_requests = vec![false];
+    c.store_before = connected_before();
+    c.store_after = Some(vec![bob.clone()]);
+    b.push(c);
+
+    let mut call = by_record(&newer);
+    call["current-record"] = Value::Null;
+    let mut c = b.case(
+        "refresh-without-records",
+        "neither the current token nor a record (the connection is gone): 4001",
+        call,
+        refreshed(4001, "token invalid", None),
+    );
+    c.store_before = vec![bob.clone()];
+    b.push(c);
+
+    let refusals: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "refresh-another-sub",
+            "a token of another user closes 4003 and deletes the connection's records",
+            token("mallory", json!(["acme"]), NOW - 10, NOW + 3590),
+            4003,
+            "forbidden",
+        ),
+        (
+            "refresh-no-groups",
+            "a token without groups closes 4003",
+            signer.sign(&claims("alice", None)),
+            4003,
+            "forbidden",
+        ),
+        (
+            "refresh-same-token",
+            "the current token again is refused (no replay)",
+            current.clone(),
+            4001,
+            "token invalid",
+        ),
+        (
+            "refresh-older-token",
+            "a token issued before the current one is refused",
+            token("alice", json!(["acme"]), NOW - 3601, NOW + 60),
+            4001,
+            "token invalid",
+        ),
+        (
+            "refresh-expired-token",
+            "a new token that has itself expired closes 4001 token expired",
+            token("alice", json!(["acme"]), NOW - 100, NOW - 61),
+            4001,
+            "token expired",
+        ),
+        (
+            "refresh-forged-token",
+            "a token whose signature does not verify closes 4001",
+            with_signature_of(
+                &token("alice", json!(["acme"]), NOW - 10, NOW + 3590),
+                &current,
+            ),
+            4001,
+            "token invalid",
+        ),
+    ];
+    for (name, description, new, code, reason) in refusals {
+        let mut c = b.case(
+            name,
+            description,
+            refresh("r1", Some(&new), &current),
+            refreshed(code, reason, None),
+        );
+        c.key_set_requests = vec![false];
+        c.store_before = connected_before();
+        c.store_after = Some(vec![bob.clone()]);
+        b.push(c);
+    }
+
+    let mut c = b.case(
+        "refresh-no-token",
+        "a refresh frame without a token closes 4001 before any key is fetched",
+        refresh("r1", None, &current),
+        refreshed(4001, "token invalid", None),
+    );
+    c.store_before = connected_before();
+    c.store_after = Some(vec![bob.clone()]);
+    b.push(c);
+
+    let mut c = b.case(
+        "refresh-store-failure",
+        "the store fails writing the new records: 1011, nothing written",
+        refresh("r1", Some(&newer), &current),
+        refreshed(1011, "internal error", None),
+    );
+    c.key_set_requests = vec![false];
+    c.store_before = connected_before();
+    c.store_failure = Some(store_failure("put-all", "throttled"));
+    c.store_after = Some(vec![bob]);
+    b.push(c);
 }
 
 fn base64_url(bytes: &[u8]) -> String {

@@ -93,6 +93,7 @@ impl Server {
             "ADVERTISE_URL",
             "MANAGEMENT_TOKEN",
             "WEBSOCKET_API_ENDPOINT",
+            "AUTH_GRACE_SECONDS",
         ] {
             command.env_remove(var);
         }

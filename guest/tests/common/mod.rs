@@ -278,6 +278,8 @@ impl FakeHost {
             connected_at: NOW_RFC3339.into(),
             expires_at: NOW + u64::from(TTL),
             endpoint: None,
+            auth_expires_at: None,
+            auth_issued_at: None,
         };
         self.records.insert(record.key(), record);
     }

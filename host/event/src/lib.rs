@@ -94,7 +94,13 @@ pub enum Route<'a> {
     },
     /// `$disconnect`: delete the connection's records.
     Disconnect { connection_id: &'a str },
-    /// Any other event type (MESSAGE, or none): answered 400.
+    /// A MESSAGE routed `refresh` (route selection `$request.body.action`):
+    /// an in-band token refresh; `body` as sent (possibly empty).
+    Refresh {
+        connection_id: &'a str,
+        body: &'a str,
+    },
+    /// Any other event type (other MESSAGEs, or none): answered 400.
     Unhandled { event_type: &'a str },
 }
 
@@ -149,10 +155,26 @@ pub fn route(event: &Event) -> Route<'_> {
             }
         }
         Some("DISCONNECT") => Route::Disconnect { connection_id },
+        Some("MESSAGE") if context.route_key.as_deref() == Some("refresh") => Route::Refresh {
+            connection_id,
+            body: event.body.as_deref().unwrap_or_default(),
+        },
         other => Route::Unhandled {
             event_type: other.unwrap_or("(none)"),
         },
     }
+}
+
+/// A refresh frame is at most this long (16 KiB).
+pub const MAX_REFRESH_FRAME_BYTES: usize = 16 * 1024;
+
+/// The token of a refresh frame, `{"action":"refresh","idToken":"…"}`
+/// (`Some(None)`: a refresh without a string `idToken`, refused as a missing
+/// token); `None` for anything else.
+pub fn refresh_frame_token(text: &str) -> Option<Option<String>> {
+    let frame: serde_json::Value = serde_json::from_str(text).ok()?;
+    (frame.get("action")?.as_str()? == "refresh")
+        .then(|| frame.get("idToken")?.as_str().map(str::to_owned))
 }
 
 /// The token offered as `bearer, <token>` among `Sec-WebSocket-Protocol`

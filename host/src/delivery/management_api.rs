@@ -70,6 +70,30 @@ impl ConnectionSender for ManagementApi {
             .map(|_| ())
             .map_err(classify)
     }
+
+    async fn close(&self, connection_id: &str) -> Result<(), SendError> {
+        self.delete_connection(connection_id).await
+    }
+}
+
+impl ManagementApi {
+    /// `DeleteConnection`: closes a connection (API Gateway sends no close
+    /// code of its own). Gone already counts as done.
+    pub async fn delete_connection(&self, connection_id: &str) -> Result<(), SendError> {
+        match self
+            .client
+            .delete_connection()
+            .connection_id(connection_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(service)) if service.raw().status().as_u16() == 410 => {
+                Ok(())
+            }
+            Err(error) => Err(SendError::Failed(with_sources(&error))),
+        }
+    }
 }
 
 fn classify(error: SdkError<PostToConnectionError>) -> SendError {

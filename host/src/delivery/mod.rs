@@ -2,7 +2,11 @@
 //!
 //! The records come from the store (`records_of`, every page); records whose
 //! `expiresAt` has passed are skipped and deleted (DynamoDB's TTL deletion
-//! lags by up to days). The rest are grouped by where their connection lives
+//! lags by up to days). Records whose `authExpiresAt` has passed (the token
+//! the connection was authorised with expired) are skipped and counted
+//! `expiredAuth`, but kept: the connection may still refresh its token within
+//! the grace window, and its owner closes it (and deletes them) when it does
+//! not. The rest are grouped by where their connection lives
 //! (the record's `endpoint`, see [`Routes`]) and each group is posted where
 //! it lives, with its own bound on posts in flight: this node's sockets
 //! directly, another node through its management listener ([`nodes`]), an
@@ -49,6 +53,11 @@ pub struct DeliveryOptions {
     /// the handshake completes), so a 410 for a record younger than this
     /// deletes nothing and counts as failed.
     pub connect_timeout: Duration,
+    /// How long after `authExpiresAt` an API Gateway connection may still
+    /// refresh; past it, a delivery ends it (a last `{"type":"close",…}`
+    /// message, `DeleteConnection`, its records deleted). A node ends its
+    /// own sockets.
+    pub auth_grace: Duration,
 }
 
 impl Default for DeliveryOptions {
@@ -62,6 +71,7 @@ impl Default for DeliveryOptions {
                 max: Duration::from_secs(1),
             },
             connect_timeout: Duration::from_secs(30),
+            auth_grace: Duration::from_secs(30),
         }
     }
 }
@@ -90,7 +100,19 @@ pub trait ConnectionSender: Send + Sync + 'static {
     /// `message` is shared, not copied, by senders that keep it (a
     /// delivery hands the same buffer to every connection).
     async fn post(&self, connection_id: &str, message: &Bytes) -> Result<(), SendError>;
+
+    /// Closes a connection (`DeleteConnection`); gone already is done.
+    async fn close(&self, connection_id: &str) -> Result<(), SendError> {
+        let _ = connection_id;
+        Err(SendError::Failed(
+            "this sender cannot close connections".into(),
+        ))
+    }
 }
+
+/// The last message of an API Gateway connection whose token expired (it
+/// has no close code of its own).
+pub const TOKEN_EXPIRED_CLOSE: &str = r#"{"type":"close","code":4001,"reason":"token expired"}"#;
 
 /// A sender, and whether its 410 is the final word: a node knows its
 /// sockets, handshakes under way included; API Gateway does not (see
@@ -217,6 +239,10 @@ pub struct DeliveryReport {
     pub failed: u32,
     /// Records skipped because their `expiresAt` had passed (and deleted).
     pub expired: u32,
+    /// Connections skipped because the token they were authorised with had
+    /// expired (`authExpiresAt` passed); their records stay.
+    #[serde(rename = "expiredAuth")]
+    pub expired_auth: u32,
 }
 
 impl DeliveryReport {
@@ -225,6 +251,7 @@ impl DeliveryReport {
         self.gone += other.gone;
         self.failed += other.failed;
         self.expired += other.expired;
+        self.expired_auth += other.expired_auth;
     }
 }
 
@@ -273,12 +300,19 @@ pub async fn deliver(
     let (expired, live): (Vec<_>, Vec<_>) = records
         .into_iter()
         .partition(|record| record.expires_at <= now);
+    let (expired_auth, live): (Vec<_>, Vec<_>) = live
+        .into_iter()
+        .partition(|record| record.auth_expires_at.is_some_and(|at| at <= now));
     let mut report = DeliveryReport {
         expired: count(expired.len()),
+        expired_auth: count(expired_auth.len()),
         ..DeliveryReport::default()
     };
     for _ in &expired {
         telemetry::delivery("expired", None);
+    }
+    for _ in &expired_auth {
+        telemetry::delivery("expired_auth", None);
     }
     if !expired.is_empty() {
         let keys: Vec<_> = expired.iter().map(|record| record.key()).collect();
@@ -287,6 +321,17 @@ pub async fn deliver(
             tracing::warn!(integration_id, %error, records = keys.len(), "could not delete expired records");
         }
     }
+
+    let grace = options.auth_grace.as_secs();
+    let past_grace: Vec<_> = expired_auth
+        .into_iter()
+        .filter(|record| {
+            record
+                .auth_expires_at
+                .is_some_and(|at| at.saturating_add(grace) <= now)
+        })
+        .collect();
+    end_expired(&*store, routes, integration_id, past_grace).await;
 
     let mut groups = JoinSet::new();
     for (endpoint, connections) in by_endpoint(live) {
@@ -324,9 +369,45 @@ pub async fn deliver(
         gone = report.gone,
         failed = report.failed,
         expired = report.expired,
+        expired_auth = report.expired_auth,
         "delivered"
     );
     Ok(report)
+}
+
+/// Ends the API Gateway connections whose token expired more than the grace
+/// window ago: a last close message, `DeleteConnection`, and their records
+/// deleted (only once the close succeeded). A node's connections are left
+/// to it (it closes its own sockets with 4001); unroutable ones to TTL.
+async fn end_expired(
+    store: &dyn ConnectionStore,
+    routes: &Routes,
+    integration_id: &str,
+    records: Vec<ConnectionRecord>,
+) {
+    for (endpoint, connections) in by_endpoint(records) {
+        let Ok(route) = routes.route(endpoint.as_deref()).await else {
+            continue;
+        };
+        if route.gone_is_certain {
+            continue;
+        }
+        for connection_id in connections.into_keys() {
+            let message = Bytes::from_static(TOKEN_EXPIRED_CLOSE.as_bytes());
+            if let Err(error) = route.sender.post(&connection_id, &message).await {
+                tracing::debug!(connection_id, ?error, "the close message did not arrive");
+            }
+            match route.sender.close(&connection_id).await {
+                Ok(()) => remove_connection(store, &connection_id).await,
+                Err(error) => tracing::warn!(
+                    integration_id,
+                    connection_id,
+                    ?error,
+                    "could not close a connection whose token expired; records kept"
+                ),
+            }
+        }
+    }
 }
 
 /// Connections by endpoint, each once (a record per group: a connection
@@ -586,6 +667,7 @@ mod tests {
     struct ScriptedSender {
         script: HashMap<String, Vec<Answer>>,
         posts: Mutex<Vec<(String, Vec<u8>)>>,
+        closes: Mutex<Vec<String>>,
     }
 
     #[derive(Clone)]
@@ -612,6 +694,11 @@ mod tests {
                 Answer::Hang => std::future::pending().await,
             }
         }
+
+        async fn close(&self, connection_id: &str) -> Result<(), SendError> {
+            self.closes.lock().unwrap().push(connection_id.to_owned());
+            Ok(())
+        }
     }
 
     fn record(integration: &str, connection: &str, expires_at: u64) -> ConnectionRecord {
@@ -622,6 +709,8 @@ mod tests {
             connected_at: "2027-01-15T08:00:00Z".into(),
             expires_at,
             endpoint: None,
+            auth_expires_at: None,
+            auth_issued_at: None,
         }
     }
 
@@ -646,6 +735,7 @@ mod tests {
                 max: Duration::from_millis(5),
             },
             connect_timeout: Duration::from_secs(30),
+            auth_grace: Duration::from_secs(30),
         }
     }
 
@@ -704,7 +794,8 @@ mod tests {
                 delivered: 2,
                 gone: 1,
                 failed: 3,
-                expired: 1
+                expired: 1,
+                expired_auth: 0
             }
         );
         let attempts = |id: &str| {
@@ -743,6 +834,130 @@ mod tests {
             "expired records deleted: {left:?}"
         );
         assert_eq!(left.len(), 6, "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_token_expired_is_skipped_counted_and_kept() {
+        let authorised_until = |mut record: ConnectionRecord, at: u64| {
+            record.auth_expires_at = Some(at);
+            record
+        };
+        let store = store_with(&[
+            authorised_until(record("acme", "valid", *NOW + 60), *NOW + 1),
+            authorised_until(record("acme", "expired-now", *NOW + 60), *NOW),
+            authorised_until(record("acme", "expired-before", *NOW + 60), *NOW - 30),
+            // Written before records said: delivered as before.
+            record("acme", "older-record", *NOW + 60),
+        ])
+        .await;
+        let sender = Arc::new(ScriptedSender::default());
+        let report = deliver(
+            store.clone(),
+            &fallback(sender.clone()),
+            "acme",
+            Bytes::from_static(b"x"),
+            *NOW,
+            &fast(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            report,
+            DeliveryReport {
+                delivered: 2,
+                gone: 0,
+                failed: 0,
+                expired: 0,
+                expired_auth: 2
+            }
+        );
+        let mut posted: Vec<String> = sender
+            .posts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+        posted.sort();
+        assert_eq!(posted, ["older-record", "valid"]);
+        assert_eq!(
+            store.snapshot().len(),
+            4,
+            "their records stay (a refresh may come)"
+        );
+        assert_eq!(
+            serde_json::to_value(&report).unwrap(),
+            serde_json::json!({"delivered": 2, "gone": 0, "failed": 0, "expired": 0, "expiredAuth": 2})
+        );
+    }
+
+    #[tokio::test]
+    async fn api_gateway_connections_past_the_grace_are_told_closed_and_lose_their_records() {
+        let authorised_until = |mut record: ConnectionRecord, at: u64| {
+            record.auth_expires_at = Some(at);
+            record
+        };
+        let records = [
+            authorised_until(record("acme", "in-grace", *NOW + 60), *NOW - 29),
+            authorised_until(record("acme", "past-grace", *NOW + 60), *NOW - 30),
+            authorised_until(record("other", "past-grace", *NOW + 60), *NOW - 30),
+        ];
+        // API Gateway's kind of route: ended by the delivery.
+        let store = store_with(&records).await;
+        let sender = Arc::new(ScriptedSender::default());
+        let routes = Routes::new(Duration::from_secs(1), None)
+            .unwrap()
+            .with_fallback(Route {
+                sender: sender.clone(),
+                gone_is_certain: false,
+            });
+        let report = deliver(
+            store.clone(),
+            &routes,
+            "acme",
+            Bytes::from_static(b"x"),
+            *NOW,
+            &fast(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.expired_auth, 2);
+        assert_eq!(report.delivered, 0);
+        assert_eq!(
+            *sender.posts.lock().unwrap(),
+            [(
+                "past-grace".to_owned(),
+                TOKEN_EXPIRED_CLOSE.as_bytes().to_vec()
+            )]
+        );
+        assert_eq!(*sender.closes.lock().unwrap(), ["past-grace"]);
+        let left: Vec<String> = store
+            .snapshot()
+            .into_iter()
+            .map(|r| r.connection_id)
+            .collect();
+        assert_eq!(
+            left,
+            ["in-grace"],
+            "all of the ended connection's records go"
+        );
+
+        // A node's connections are its own to end: nothing is closed here.
+        let store = store_with(&records).await;
+        let sender = Arc::new(ScriptedSender::default());
+        deliver(
+            store.clone(),
+            &fallback(sender.clone()),
+            "acme",
+            Bytes::from_static(b"x"),
+            *NOW,
+            &fast(),
+        )
+        .await
+        .unwrap();
+        assert!(sender.posts.lock().unwrap().is_empty());
+        assert!(sender.closes.lock().unwrap().is_empty());
+        assert_eq!(store.snapshot().len(), 3);
     }
 
     #[tokio::test]
@@ -891,7 +1106,8 @@ mod tests {
                 delivered: 0,
                 gone: 2,
                 failed: 1,
-                expired: 0
+                expired: 0,
+                expired_auth: 0
             }
         );
         let left: Vec<String> = store
@@ -962,7 +1178,8 @@ mod tests {
                 delivered: 3,
                 gone: 1,
                 failed: 1,
-                expired: 0
+                expired: 0,
+                expired_auth: 0
             }
         );
         let ids = |sender: &ScriptedSender| {

@@ -216,7 +216,10 @@ async fn deliver_event(
         &integration_id,
         body,
         unix_now(),
-        &DeliveryOptions::default(),
+        &DeliveryOptions {
+            auth_grace: state.sockets.limits().auth_grace,
+            ..DeliveryOptions::default()
+        },
     )
     .await;
     match result {

@@ -61,7 +61,9 @@ pub async fn run(options: anyhow::Result<StartOptions>) -> anyhow::Result<()> {
             return Err(error);
         }
     };
-    let handler = started.handler;
+    let handler = started
+        .handler
+        .with_answer_endpoint(std::env::var("WEBSOCKET_API_ENDPOINT").ok());
     tracing::info!("Lambda runtime loop starting");
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let (handler, emf) = (handler.clone(), emf.clone());

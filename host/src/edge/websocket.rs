@@ -6,13 +6,15 @@
 //!
 //! A socket ends on a close frame, a lost TCP connection, an unanswered
 //! ping, 10 minutes without data, 2 hours of age (API Gateway's limits),
-//! a send queue that overflows (a slow reader) or a `DELETE`; then the
-//! DISCONNECT decision runs and its records go.
+//! a send queue that overflows (a slow reader), a `DELETE`, or the token
+//! it was authorised with expiring (close code 4001 `token expired`, the
+//! grace window after its `exp`; a `refresh_required` message comes first);
+//! then the DISCONNECT decision runs and its records go.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -24,7 +26,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::delivery::{ConnectionSender, MAX_MESSAGE_BYTES, SendError};
-use crate::service::{Handler, new_request_id};
+use crate::service::{Current, Handler, new_request_id};
 use crate::telemetry;
 use crate::wit::types::Response as PolicyResponse;
 
@@ -53,6 +55,9 @@ pub struct SocketLimits {
     pub ping_interval: Duration,
     /// One frame's write may take this long.
     pub send_timeout: Duration,
+    /// How long after its token's `exp` a socket stays open without a
+    /// refresh (deliveries stop at `exp`); then it is closed with 4001.
+    pub auth_grace: Duration,
 }
 
 impl Default for SocketLimits {
@@ -66,7 +71,122 @@ impl Default for SocketLimits {
             max_age: Duration::from_secs(7200),
             ping_interval: Duration::from_secs(30),
             send_timeout: Duration::from_secs(10),
+            auth_grace: Duration::from_secs(DEFAULT_AUTH_GRACE_SECONDS),
         }
+    }
+}
+
+/// The default grace window after a token's `exp` (Ably uses 30 s,
+/// Centrifugo 25 s).
+pub const DEFAULT_AUTH_GRACE_SECONDS: u64 = 30;
+
+/// The close code of a socket whose token expired: get a fresh token and
+/// reconnect.
+pub const TOKEN_EXPIRED_CODE: u16 = 4001;
+/// Its close reason.
+pub const TOKEN_EXPIRED_REASON: &str = "token expired";
+/// A socket hears `refresh_required` at most this long before its token's
+/// `exp` (and at most half the token's remaining life at CONNECT).
+pub const REFRESH_NOTICE: Duration = Duration::from_secs(60);
+
+/// A refresh frame is at most this long (a text frame over it closes the
+/// socket with 1009: the only frame a client sends is a refresh).
+pub use gitgazer_ws_event::MAX_REFRESH_FRAME_BYTES;
+/// At most one refresh per this long…
+pub const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// …and at most [`REFRESHES_PER_MINUTE`] in any minute; beyond: 4029.
+pub const REFRESHES_PER_MINUTE: usize = 5;
+/// The close code and reason of a socket that refreshes too often.
+pub const RATE_LIMITED_CODE: u16 = 4029;
+pub const RATE_LIMITED_REASON: &str = "rate limited";
+
+/// The token of a refresh frame; `None` for any other text (ignored, as
+/// before refreshes existed).
+fn refresh_frame(text: &str) -> Option<Option<String>> {
+    gitgazer_ws_event::refresh_frame_token(text)
+}
+
+/// How often a socket may refresh: one per [`REFRESH_MIN_INTERVAL`],
+/// [`REFRESHES_PER_MINUTE`] per minute.
+#[derive(Debug, Default)]
+struct RefreshLimiter {
+    recent: std::collections::VecDeque<Instant>,
+}
+
+impl RefreshLimiter {
+    /// Whether a refresh at `now` is allowed (and counts it if so).
+    fn allow(&mut self, now: Instant) -> bool {
+        while self
+            .recent
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= Duration::from_secs(60))
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= REFRESHES_PER_MINUTE
+            || self
+                .recent
+                .back()
+                .is_some_and(|at| now.duration_since(*at) < REFRESH_MIN_INTERVAL)
+        {
+            return false;
+        }
+        self.recent.push_back(now);
+        true
+    }
+}
+
+/// What a socket is authorised with: the token its CONNECT (or last
+/// refresh) verified, and where its records say it lives.
+pub struct SocketAuth {
+    token: String,
+    expires_at: Option<u64>,
+    endpoint: String,
+    /// When the socket connected, RFC 3339 UTC (as its records say).
+    connected_at: String,
+}
+
+/// When a socket's token stops authorising it: when to tell the client to
+/// refresh, when deliveries stop, when the socket is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AuthWindow {
+    /// The token's `exp`, seconds since the Unix epoch.
+    expires_at: u64,
+    /// When `refresh_required` is sent (`None`: sent already).
+    notice_at: Option<Instant>,
+    /// `exp` plus the grace window: closed with 4001.
+    close_at: Instant,
+}
+
+impl AuthWindow {
+    /// The window of a token expiring at `expires_at`, seen at `now`.
+    fn new(expires_at: u64, grace: Duration, now: SystemTime) -> Self {
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        let until_exp = Duration::from_secs(expires_at)
+            .saturating_sub(now)
+            // A far-future exp must not overflow an Instant.
+            .min(LONGEST_SOCKET_LIMIT);
+        let notice = REFRESH_NOTICE.min(until_exp / 2);
+        let start = Instant::now();
+        Self {
+            expires_at,
+            notice_at: Some(start + (until_exp - notice)),
+            close_at: start + until_exp + grace,
+        }
+    }
+
+    /// `{"type":"refresh_required","expiresIn":S}`: seconds until `exp`
+    /// (relative, so the client's clock does not matter).
+    fn notice(&self, now: SystemTime) -> String {
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        format!(
+            r#"{{"type":"refresh_required","expiresIn":{}}}"#,
+            self.expires_at.saturating_sub(now)
+        )
     }
 }
 
@@ -86,6 +206,15 @@ enum ServerClose {
     SlowReader,
     /// The host is shutting down.
     Shutdown,
+}
+
+/// Why a socket ended after a refused refresh (its close frame carries the
+/// policy's code and reason).
+const REFRESH_REFUSED: &str = "refresh refused";
+
+/// A far-off instant for a timer that is not armed.
+fn never() -> Instant {
+    Instant::now() + LONGEST_SOCKET_LIMIT
 }
 
 impl ServerClose {
@@ -396,7 +525,9 @@ pub async fn upgrade(
     let (token, bearer) = upgrade_token(headers, query_token);
     let connection_id = new_connection_id();
     let registration = sockets.register(&connection_id);
-    let (reply, sub): (PolicyResponse, _) = handler
+    // The CONNECT's own `connectedAt` (the second it read), near enough.
+    let connected_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let (reply, connected): (PolicyResponse, _) = handler
         .connect_as(
             &new_request_id(),
             &connection_id,
@@ -407,8 +538,14 @@ pub async fn upgrade(
     if reply.status != 200 {
         return reply.into_response();
     }
-    if let Some(sub) = sub
-        && let Err(why) = slot.claim_user(&sub)
+    let auth = SocketAuth {
+        token: token.clone().unwrap_or_default(),
+        expires_at: connected.as_ref().and_then(|c| c.auth_expires_at),
+        endpoint: endpoint.clone(),
+        connected_at,
+    };
+    if let Some(connected) = connected
+        && let Err(why) = slot.claim_user(&connected.sub)
     {
         // The CONNECT stored records: a refused socket must leave none.
         tracing::warn!(connection_id, "too many sockets of one user; refused");
@@ -432,7 +569,7 @@ pub async fn upgrade(
                 handler.disconnect(&new_request_id(), &connection_id).await;
             });
         })
-        .on_upgrade(move |socket| serve_socket(socket, registration, handler, slot))
+        .on_upgrade(move |socket| serve_socket(socket, registration, handler, slot, auth))
 }
 
 /// An API Gateway-like connection id: 12 random bytes, URL-safe base64.
@@ -446,6 +583,7 @@ async fn serve_socket(
     mut registration: Registration,
     handler: Handler,
     slot: Slot,
+    mut authorised: SocketAuth,
 ) {
     let sockets = slot.sockets.clone();
     let limits = sockets.limits.clone();
@@ -468,7 +606,13 @@ async fn serve_socket(
     let mut ping = tokio::time::interval_at(opened + limits.ping_interval, limits.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut awaiting_pong = false;
+    let mut auth = authorised
+        .expires_at
+        .map(|expires_at| AuthWindow::new(expires_at, limits.auth_grace, SystemTime::now()));
+    let mut limiter = RefreshLimiter::default();
     let reason = loop {
+        let notice_at = auth.and_then(|auth| auth.notice_at);
+        let auth_close_at = auth.map(|auth| auth.close_at);
         let deadline = (last_data + limits.idle_timeout).min(opened + limits.max_age);
         tokio::select! {
             // First, so that a socket the server has ended sends nothing more.
@@ -484,8 +628,51 @@ async fn serve_socket(
                 Some(Ok(Message::Close(_))) => break "closed by the client",
                 Some(Ok(Message::Pong(_))) => awaiting_pong = false,
                 Some(Ok(Message::Ping(_))) => {} // answered by the library
-                // No routes beyond $connect/$disconnect: data is ignored, but
-                // it counts as activity.
+                Some(Ok(Message::Text(text))) => {
+                    last_data = Instant::now();
+                    if text.len() > MAX_REFRESH_FRAME_BYTES {
+                        close_with(&mut socket, &limits, 1009, "message too big").await;
+                        break "message too big";
+                    }
+                    // Any other text is ignored, as before refreshes.
+                    let Some(new_token) = refresh_frame(&text) else { continue };
+                    if !limiter.allow(Instant::now()) {
+                        tracing::info!(connection_id, "refresh refused: rate limited");
+                        telemetry::refresh(RATE_LIMITED_CODE);
+                        close_with(&mut socket, &limits, RATE_LIMITED_CODE, RATE_LIMITED_REASON).await;
+                        break RATE_LIMITED_REASON;
+                    }
+                    // Awaited here: one refresh in flight per socket.
+                    let reply = handler
+                        .refresh(
+                            &new_request_id(),
+                            &connection_id,
+                            new_token.as_deref(),
+                            Current::Token(authorised.token.clone()),
+                            &authorised.connected_at,
+                            Some(&authorised.endpoint),
+                        )
+                        .await;
+                    match (reply.code, reply.expires_at, new_token) {
+                        (1000, Some(expires_at), Some(new_token)) => {
+                            authorised.token = new_token;
+                            auth = Some(AuthWindow::new(expires_at, limits.auth_grace, SystemTime::now()));
+                            let answer = Message::Text(reply.body.into());
+                            let sent = tokio::time::timeout(limits.send_timeout, socket.send(answer)).await;
+                            match sent {
+                                Ok(Ok(())) => last_data = Instant::now(),
+                                Ok(Err(_)) => break "connection lost",
+                                Err(_) => break "send timed out (slow reader)",
+                            }
+                        }
+                        (code, _, _) => {
+                            let code = if code == 1000 { 1011 } else { code };
+                            close_with(&mut socket, &limits, code, &reply.body).await;
+                            break REFRESH_REFUSED;
+                        }
+                    }
+                }
+                // Binary data is ignored, but it counts as activity.
                 Some(Ok(_)) => last_data = Instant::now(),
             },
             // The sending side keeps a handle until the socket is removed,
@@ -514,6 +701,21 @@ async fn serve_socket(
                 if !matches!(sent, Ok(Ok(()))) {
                     break "connection lost";
                 }
+            }
+            () = tokio::time::sleep_until(notice_at.unwrap_or_else(never)), if notice_at.is_some() => {
+                let Some(window) = auth.as_mut() else { continue };
+                window.notice_at = None;
+                let notice = Message::Text(window.notice(SystemTime::now()).into());
+                let sent = tokio::time::timeout(limits.send_timeout, socket.send(notice)).await;
+                match sent {
+                    Ok(Ok(())) => last_data = Instant::now(),
+                    Ok(Err(_)) => break "connection lost",
+                    Err(_) => break "send timed out (slow reader)",
+                }
+            }
+            () = tokio::time::sleep_until(auth_close_at.unwrap_or_else(never)), if auth_close_at.is_some() => {
+                close_with(&mut socket, &limits, TOKEN_EXPIRED_CODE, TOKEN_EXPIRED_REASON).await;
+                break TOKEN_EXPIRED_REASON;
             }
             () = tokio::time::sleep_until(deadline) => {
                 let why = if deadline == opened + limits.max_age { "maximum age" } else { "idle" };
@@ -546,6 +748,10 @@ fn close_label(reason: &str) -> &'static str {
         "closed by the server" => "deleted",
         "server shutting down" => "shutdown",
         "slow reader" | "send timed out (slow reader)" => "slow_reader",
+        TOKEN_EXPIRED_REASON => "token_expired",
+        REFRESH_REFUSED => "refresh_refused",
+        RATE_LIMITED_REASON => "rate_limited",
+        "message too big" => "too_big",
         _ => "other",
     }
 }
@@ -590,6 +796,10 @@ mod tests {
             "maximum age",
             "no pong",
             "send timed out (slow reader)",
+            TOKEN_EXPIRED_REASON,
+            REFRESH_REFUSED,
+            RATE_LIMITED_REASON,
+            "message too big",
         ]
         .into_iter()
         .chain(
@@ -605,6 +815,72 @@ mod tests {
             assert_ne!(label, "other", "{end}");
             assert!(telemetry::CLOSE_REASONS.contains(&label), "{label}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_refresh_notice_comes_a_minute_or_half_the_life_before_exp_and_the_close_after_the_grace()
+     {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let grace = Duration::from_secs(30);
+        let start = Instant::now();
+        let near = |at: Instant, from_start: u64| {
+            let expected = start + Duration::from_secs(from_start);
+            at.max(expected) - at.min(expected) < Duration::from_millis(500)
+        };
+        // An hour left: notice a minute before, close 30 s after.
+        let hour = AuthWindow::new(1_800_003_600, grace, now);
+        assert!(near(hour.notice_at.unwrap(), 3540), "{hour:?}");
+        assert!(near(hour.close_at, 3630), "{hour:?}");
+        assert_eq!(
+            hour.notice(now),
+            r#"{"type":"refresh_required","expiresIn":3600}"#
+        );
+        // Three seconds left: notice half-way.
+        let short = AuthWindow::new(1_800_000_004, grace, now);
+        assert!(near(short.notice_at.unwrap(), 2), "{short:?}");
+        assert!(near(short.close_at, 34), "{short:?}");
+        // Already expired: notice now, close after the grace.
+        let past = AuthWindow::new(1_799_999_000, grace, now);
+        assert!(near(past.notice_at.unwrap(), 0), "{past:?}");
+        assert!(near(past.close_at, 30), "{past:?}");
+        assert_eq!(
+            past.notice(now),
+            r#"{"type":"refresh_required","expiresIn":0}"#
+        );
+        // A far-future exp does not overflow.
+        let _ = AuthWindow::new(u64::MAX, grace, now);
+    }
+
+    #[test]
+    fn refreshes_are_one_per_ten_seconds_and_five_per_minute() {
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let mut limiter = RefreshLimiter::default();
+        assert!(limiter.allow(at(0)));
+        assert!(!limiter.allow(at(9)), "within 10 s of the last");
+        let mut limiter = RefreshLimiter::default();
+        for second in [0, 10, 20, 30, 40] {
+            assert!(limiter.allow(at(second)), "{second}");
+        }
+        assert!(!limiter.allow(at(50)), "a sixth within a minute");
+        assert!(limiter.allow(at(60)), "the first has left the minute");
+    }
+
+    #[test]
+    fn only_a_refresh_action_is_a_refresh() {
+        assert_eq!(
+            refresh_frame(r#"{"action":"refresh","idToken":"a.b.c"}"#),
+            Some(Some("a.b.c".to_owned()))
+        );
+        assert_eq!(refresh_frame(r#"{"action":"refresh"}"#), Some(None));
+        assert_eq!(
+            refresh_frame(r#"{"action":"refresh","idToken":5}"#),
+            Some(None)
+        );
+        assert_eq!(refresh_frame(r#"{"action":5}"#), None);
+        assert_eq!(refresh_frame(r#"["refresh"]"#), None);
+        assert_eq!(refresh_frame(r#"{"action":"ping"}"#), None);
+        assert_eq!(refresh_frame("hello"), None);
     }
 
     fn limits(max_connections: usize) -> SocketLimits {

@@ -10,4 +10,4 @@ mod runtime;
 
 pub use engine::{EngineOptions, GUEST_COMPONENT, GuestBuild, LoadedGuest, wide_guest_component};
 pub use request::Capabilities;
-pub use runtime::{INTERNAL_ERROR_BODY, PolicyRuntime, Verdict};
+pub use runtime::{Connected, INTERNAL_ERROR_BODY, PolicyRuntime, Verdict};

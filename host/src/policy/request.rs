@@ -84,6 +84,8 @@ pub struct Ledger {
     expires_at: u64,
     /// Whose they are (every record of a CONNECT carries the token's `sub`).
     sub: Option<String>,
+    /// Until when the token authorises them (the earliest `authExpiresAt`).
+    auth_expires_at: Option<u64>,
 }
 
 impl Ledger {
@@ -95,6 +97,16 @@ impl Ledger {
             .extend(records.iter().map(ConnectionRecord::key));
         let latest = records.iter().map(|r| r.expires_at).max().unwrap_or(0);
         self.expires_at = self.expires_at.max(latest);
+        let authorised_until = records.iter().filter_map(|r| r.auth_expires_at).min();
+        self.auth_expires_at = match (self.auth_expires_at, authorised_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Until when the token authorises the stored records, if they say.
+    pub fn auth_expires_at(&self) -> Option<u64> {
+        self.auth_expires_at
     }
 
     /// The user whose records this request stored, if it stored any.

@@ -10,7 +10,8 @@ use super::engine::{EngineOptions, LoadedGuest, PolicyEngine};
 use super::request::Capabilities;
 use crate::telemetry::{self, PolicyFailure};
 use crate::wit::types::{
-    ConnectRequest, DisconnectRequest, Identity, Response, Settings, TokenRejection,
+    ConnectRequest, DisconnectRequest, Identity, RefreshRequest, RefreshResponse, Response,
+    Settings, TokenRejection,
 };
 
 /// The body of every 500: nothing about internals reaches clients.
@@ -24,6 +25,14 @@ impl Response {
             rejection: None,
         }
     }
+}
+
+/// Who a CONNECT stored records for, and until when their token authorises
+/// them (`authExpiresAt`, seconds since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    pub sub: String,
+    pub auth_expires_at: Option<u64>,
 }
 
 /// A token's verdict, from `verify-token`; a rejection's WIT name
@@ -46,13 +55,13 @@ impl PolicyRuntime {
         self.engine.loaded_guest()
     }
 
-    /// Decides a CONNECT; with the `sub` of the user whose records it stored.
+    /// Decides a CONNECT; with whose records it stored and until when.
     pub async fn connect(
         &self,
         caps: &Capabilities,
         request_id: &str,
         request: &ConnectRequest,
-    ) -> (Response, Option<String>) {
+    ) -> (Response, Option<Connected>) {
         let call = Call::start("handle-connect");
         let Some(_slot) = self.engine.admit().await else {
             return (Response::internal_error(), None);
@@ -69,7 +78,11 @@ impl PolicyRuntime {
         match result {
             Ok(response) => {
                 call.done();
-                (response, ledger.sub().map(str::to_owned))
+                let connected = ledger.sub().map(|sub| Connected {
+                    sub: sub.to_owned(),
+                    auth_expires_at: ledger.auth_expires_at(),
+                });
+                (response, connected)
             }
             Err(trap) => {
                 ledger.roll_back(&*caps.store, request_id).await;
@@ -106,6 +119,47 @@ impl PolicyRuntime {
                 response
             }
             Err(trap) => call.failed(request_id, "handle-disconnect", &trap),
+        }
+    }
+
+    /// Decides an in-band refresh. A trap or a failed instantiation ends
+    /// the connection with 1011 (its records go with its DISCONNECT).
+    pub async fn refresh(
+        &self,
+        caps: &Capabilities,
+        request_id: &str,
+        request: &RefreshRequest,
+    ) -> RefreshResponse {
+        let internal = || RefreshResponse {
+            code: 1011,
+            body: "internal error".into(),
+            rejection: None,
+            expires_at: None,
+        };
+        let call = Call::start("handle-refresh");
+        let Some(_slot) = self.engine.admit().await else {
+            return internal();
+        };
+        let (mut store, guest) = match self.engine.instantiate(caps, request_id).await {
+            Ok(instance) => instance,
+            Err(e) => {
+                call.failed(request_id, "instantiate", &e);
+                return internal();
+            }
+        };
+        match guest
+            .gitgazer_ws_handler_handler()
+            .call_handle_refresh(&mut store, request)
+            .await
+        {
+            Ok(response) => {
+                call.done();
+                response
+            }
+            Err(trap) => {
+                call.failed(request_id, "handle-refresh", &trap);
+                internal()
+            }
         }
     }
 

@@ -84,6 +84,10 @@ impl<S: ConnectionStore> ConnectionStore for Measured<S> {
         )
     }
 
+    async fn record(&self, key: &RecordKey) -> Result<Option<ConnectionRecord>, StoreError> {
+        self.measured("record", Instant::now(), self.store.record(key).await)
+    }
+
     async fn roll_back(&self, keys: &[RecordKey], expires_at: u64) {
         self.store.roll_back(keys, expires_at).await;
     }

@@ -112,6 +112,10 @@ impl ConnectionStore for MemoryStore {
         Ok(u32::try_from(removed).unwrap_or(u32::MAX))
     }
 
+    async fn record(&self, key: &RecordKey) -> Result<Option<ConnectionRecord>, StoreError> {
+        Ok(self.lock().by_key.get(key).cloned())
+    }
+
     fn describe(&self) -> String {
         "memory".into()
     }
@@ -129,6 +133,8 @@ mod tests {
             connected_at: "2026-12-06T00:00:00Z".into(),
             expires_at,
             endpoint: None,
+            auth_expires_at: None,
+            auth_issued_at: None,
         }
     }
 

@@ -43,6 +43,16 @@ pub trait ConnectionStore: Send + Sync + 'static {
     /// TTL deletion lags, so the caller decides what `expiresAt` means.
     async fn records_of(&self, integration_id: &str) -> Result<Vec<ConnectionRecord>, StoreError>;
 
+    /// One record by its key (strongly consistent), `None` when there is
+    /// none: what an API Gateway refresh knows of a connection.
+    async fn record(&self, key: &RecordKey) -> Result<Option<ConnectionRecord>, StoreError> {
+        let _ = key;
+        Err(StoreError::Other(format!(
+            "{} cannot read one record",
+            self.describe()
+        )))
+    }
+
     /// Removes the records of a CONNECT that failed after storing them
     /// (`expires_at`: when they expire anyway). Never fails the caller: a
     /// store may retry in the background.

@@ -25,6 +25,7 @@ use crate::wit::types::TokenRejection;
 
 pub const CONNECTS: &str = "gitgazer_ws_connects_total";
 pub const DISCONNECTS: &str = "gitgazer_ws_disconnects_total";
+pub const REFRESHES: &str = "gitgazer_ws_refreshes_total";
 pub const RECORDS_WRITTEN: &str = "gitgazer_ws_records_written_total";
 pub const RECORDS_DELETED: &str = "gitgazer_ws_records_deleted_total";
 pub const POLICY_DURATION: &str = "gitgazer_ws_policy_call_duration_seconds";
@@ -51,6 +52,10 @@ pub fn describe() {
         "CONNECT decisions by status and token rejection class (none: not a token refusal)"
     );
     describe_counter!(DISCONNECTS, "DISCONNECT decisions by status");
+    describe_counter!(
+        REFRESHES,
+        "in-band refreshes by outcome: 1000 refreshed, else the close code"
+    );
     describe_counter!(RECORDS_WRITTEN, "connection records stored");
     describe_counter!(
         RECORDS_DELETED,
@@ -113,6 +118,9 @@ pub fn initialize() {
     for status in ["200", "400", "429", "500"] {
         counter!(DISCONNECTS, "status" => status).absolute(0);
     }
+    for code in REFRESH_CODES {
+        counter!(REFRESHES, "code" => code).absolute(0);
+    }
     counter!(RECORDS_WRITTEN).absolute(0);
     counter!(RECORDS_DELETED).absolute(0);
     counter!(STORE_RESUBMITTED).absolute(0);
@@ -143,9 +151,10 @@ pub fn initialize() {
 }
 
 /// The label values, each a fixed set.
-pub const EXPORTS: [&str; 2] = ["handle-connect", "handle-disconnect"];
+pub const EXPORTS: [&str; 3] = ["handle-connect", "handle-disconnect", "handle-refresh"];
+pub const REFRESH_CODES: [&str; 6] = ["1000", "1011", "4001", "4003", "4029", "other"];
 pub const KEY_SET_OUTCOMES: [&str; 5] = ["ok", "unreachable", "http_error", "too_large", "refused"];
-pub const STORE_OPERATIONS: [&str; 4] = ["put_all", "keys_of", "delete", "records_of"];
+pub const STORE_OPERATIONS: [&str; 5] = ["put_all", "keys_of", "delete", "records_of", "record"];
 pub const STORE_OUTCOMES: [&str; 6] = [
     "ok",
     "validation",
@@ -154,7 +163,7 @@ pub const STORE_OUTCOMES: [&str; 6] = [
     "unavailable",
     "other",
 ];
-pub const CLOSE_REASONS: [&str; 9] = [
+pub const CLOSE_REASONS: [&str; 13] = [
     "client",
     "lost",
     "idle",
@@ -163,9 +172,13 @@ pub const CLOSE_REASONS: [&str; 9] = [
     "deleted",
     "shutdown",
     "slow_reader",
+    "token_expired",
+    "refresh_refused",
+    "rate_limited",
+    "too_big",
     "other",
 ];
-pub const DELIVERY_OUTCOMES: [&str; 4] = ["delivered", "gone", "failed", "expired"];
+pub const DELIVERY_OUTCOMES: [&str; 5] = ["delivered", "gone", "failed", "expired", "expired_auth"];
 
 /// Set once a process-wide recorder is installed (`serve`, Lambda): from
 /// then on the hot paths below register each series once and keep its
@@ -231,6 +244,19 @@ pub fn disconnect(status: u16) {
         || counter!(DISCONNECTS, "status" => STATUSES[status]),
     )
     .increment(1);
+}
+
+/// An in-band refresh's outcome: 1000, or the code its socket closed with.
+pub fn refresh(code: u16) {
+    let code = match code {
+        1000 => "1000",
+        1011 => "1011",
+        4001 => "4001",
+        4003 => "4003",
+        4029 => "4029",
+        _ => "other",
+    };
+    counter!(REFRESHES, "code" => code).increment(1);
 }
 
 /// A policy call: its export (`handle-connect`, ...), time, and how it ended.

@@ -2,7 +2,10 @@
 //! range key `connectionId` (S), and `sub`, `connectedAt`, `expiresAt` (N,
 //! the TTL attribute) on each item; a KEYS_ONLY GSI on `connectionId`.
 //! `endpoint` (S), where the connection can be reached, only on items whose
-//! CONNECT named one; GitGazer's own reader ignores it.
+//! CONNECT named one; GitGazer's own reader ignores it. `authExpiresAt` (N),
+//! the `exp` of the token the connection was authorised with, on items
+//! whose CONNECT knew it: delivery stops at it; `authIssuedAt` (N), that
+//! token's `iat`, which an API Gateway refresh checks the new token against.
 
 use std::collections::HashMap;
 
@@ -16,6 +19,8 @@ pub const SUB: &str = "sub";
 pub const CONNECTED_AT: &str = "connectedAt";
 pub const EXPIRES_AT: &str = "expiresAt";
 pub const ENDPOINT: &str = "endpoint";
+pub const AUTH_EXPIRES_AT: &str = "authExpiresAt";
+pub const AUTH_ISSUED_AT: &str = "authIssuedAt";
 
 /// The `expiresAt` of a record written without one.
 pub const NO_EXPIRY: u64 = u64::MAX;
@@ -42,6 +47,14 @@ pub(super) fn put_request(record: &ConnectionRecord) -> Result<WriteRequest, Sto
     ]);
     if let Some(endpoint) = &record.endpoint {
         item.insert(ENDPOINT.to_owned(), AttributeValue::S(endpoint.clone()));
+    }
+    for (name, value) in [
+        (AUTH_EXPIRES_AT, record.auth_expires_at),
+        (AUTH_ISSUED_AT, record.auth_issued_at),
+    ] {
+        if let Some(value) = value {
+            item.insert(name.to_owned(), AttributeValue::N(value.to_string()));
+        }
     }
     let put = PutRequest::builder()
         .set_item(Some(item))
@@ -85,6 +98,16 @@ pub(super) fn record_from(
         Some(_) => None,
     }
     .ok_or_else(|| StoreError::Other(format!("Query: an item with a non-numeric {EXPIRES_AT}")))?;
+    let optional_number = |name: &str| {
+        match item.get(name) {
+            None => Ok(None),
+            Some(AttributeValue::N(number)) => number.parse().map(Some).map_err(|_| ()),
+            Some(_) => Err(()),
+        }
+        .map_err(|()| StoreError::Other(format!("Query: an item with a non-numeric {name}")))
+    };
+    let auth_expires_at = optional_number(AUTH_EXPIRES_AT)?;
+    let auth_issued_at = optional_number(AUTH_ISSUED_AT)?;
     Ok(ConnectionRecord {
         integration_id: string_attribute(item, INTEGRATION_ID)?,
         connection_id: string_attribute(item, CONNECTION_ID)?,
@@ -92,6 +115,8 @@ pub(super) fn record_from(
         connected_at: string_attribute(item, CONNECTED_AT).unwrap_or_default(),
         expires_at,
         endpoint: string_attribute(item, ENDPOINT).ok(),
+        auth_expires_at,
+        auth_issued_at,
     })
 }
 

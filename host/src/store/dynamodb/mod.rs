@@ -321,6 +321,21 @@ impl ConnectionStore for DynamoDbStore {
         self.query_all(query, record_from).await
     }
 
+    async fn record(&self, key: &RecordKey) -> Result<Option<ConnectionRecord>, StoreError> {
+        // A Query on the whole key (strongly consistent), so the paging and
+        // error mapping are those of every other read.
+        let query = |query: QueryFluentBuilder| {
+            query
+                .consistent_read(true)
+                .key_condition_expression("#i = :i AND #c = :c")
+                .expression_attribute_names("#i", INTEGRATION_ID)
+                .expression_attribute_names("#c", CONNECTION_ID)
+                .expression_attribute_values(":i", AttributeValue::S(key.integration_id.clone()))
+                .expression_attribute_values(":c", AttributeValue::S(key.connection_id.clone()))
+        };
+        Ok(self.query_all(query, record_from).await?.into_iter().next())
+    }
+
     async fn delete(&self, keys: &[RecordKey]) -> Result<u32, StoreError> {
         let deleted = self.delete_keys(keys).await?;
         self.confirm_if_uncertain(keys);

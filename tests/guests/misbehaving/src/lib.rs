@@ -25,8 +25,8 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use bindings::exports::gitgazer::ws_handler::handler::Guest;
 use bindings::gitgazer::ws_handler::types::{
-    ConnectRequest, ConnectionRecord, DisconnectRequest, Identity, Response, Settings,
-    TokenRejection,
+    ConnectRequest, ConnectionRecord, DisconnectRequest, Identity, RefreshRequest, RefreshResponse,
+    Response, Settings, TokenRejection,
 };
 use bindings::gitgazer::ws_handler::{connections, log};
 
@@ -72,6 +72,8 @@ impl Guest for Misbehaving {
                     connected_at: "1970-01-01T00:00:00Z".into(),
                     expires_at: req.now + 60,
                     endpoint: None,
+                    auth_expires_at: None,
+                    auth_issued_at: None,
                 };
                 connections::put_all(&[record]).expect("store accepts the record");
                 panic!("trapping after storing a record");
@@ -89,6 +91,15 @@ impl Guest for Misbehaving {
             status: 200,
             body: "ok".into(),
             rejection: None,
+        }
+    }
+
+    fn handle_refresh(_req: RefreshRequest) -> RefreshResponse {
+        RefreshResponse {
+            code: 1011,
+            body: "not here".into(),
+            rejection: None,
+            expires_at: None,
         }
     }
 
