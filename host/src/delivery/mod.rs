@@ -910,6 +910,7 @@ mod tests {
             .with_fallback(Route {
                 sender: sender.clone(),
                 gone_is_certain: false,
+                immediate: false,
             });
         let report = deliver(
             store.clone(),
