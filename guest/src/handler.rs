@@ -8,7 +8,7 @@ use crate::prelude::*;
 use crate::capabilities::{Capabilities, Level};
 use crate::types::{
     ConnectRequest, ConnectionRecord, DisconnectRequest, RecordKey, RefreshRequest,
-    RefreshResponse, Rejection, Response, StoreError,
+    RefreshResponse, Rejection, Response, Settings, StoreError, Verified,
 };
 use crate::verify::{peek_token, verify_token_full};
 use crate::{json, rfc3339};
@@ -87,23 +87,14 @@ pub fn handle_connect(request: &ConnectRequest, caps: &mut impl Capabilities) ->
         caps.log(Level::Error, "connect failed: now is past year 9999");
         return Response::new(500, body::INTERNAL_ERROR);
     };
-    let expires_at = request
-        .now
-        .saturating_add(u64::from(request.settings.record_ttl_seconds));
-    let records: Vec<ConnectionRecord> = identity
-        .groups
-        .iter()
-        .map(|group| ConnectionRecord {
-            integration_id: group.clone(),
-            connection_id: request.connection_id.clone(),
-            sub: identity.sub.clone(),
-            connected_at: connected_at.clone(),
-            expires_at,
-            endpoint: request.endpoint.clone(),
-            auth_expires_at: Some(verified.expires_at),
-            auth_issued_at: verified.issued_at,
-        })
-        .collect();
+    let records = records_for(
+        &verified,
+        &request.connection_id,
+        &connected_at,
+        request.now,
+        &request.settings,
+        request.endpoint.as_deref(),
+    );
     match caps.put_all(&records) {
         Ok(()) => {
             caps.log(
@@ -269,22 +260,14 @@ pub fn handle_refresh(request: &RefreshRequest, caps: &mut impl Capabilities) ->
         .filter(|key| !groups.contains(&key.integration_id))
         .cloned()
         .collect();
-    let expires_at = request
-        .now
-        .saturating_add(u64::from(request.settings.record_ttl_seconds));
-    let records: Vec<ConnectionRecord> = groups
-        .iter()
-        .map(|group| ConnectionRecord {
-            integration_id: group.clone(),
-            connection_id: request.connection_id.clone(),
-            sub: verified.identity.sub.clone(),
-            connected_at: connected_at.clone(),
-            expires_at,
-            endpoint: request.endpoint.clone(),
-            auth_expires_at: Some(verified.expires_at),
-            auth_issued_at: verified.issued_at,
-        })
-        .collect();
+    let records = records_for(
+        &verified,
+        &request.connection_id,
+        connected_at,
+        request.now,
+        &request.settings,
+        request.endpoint.as_deref(),
+    );
     // Added (and kept, with the new authExpiresAt) first: a failure leaves
     // the connection on its current groups; then the dropped ones.
     if let Err(error) = caps.put_all(&records) {
@@ -373,6 +356,34 @@ fn refresh_store_failure(
     let _ = store_failure("refresh", error, caps);
     remove_all(&request.connection_id, caps);
     RefreshResponse::closing(close::INTERNAL, close::INTERNAL_REASON, None)
+}
+
+/// One record per group of a verified token for a connection: the layout
+/// CONNECT and refresh share. `expires_at` (the TTL) counts from `now`.
+fn records_for(
+    verified: &Verified,
+    connection_id: &str,
+    connected_at: &str,
+    now: u64,
+    settings: &Settings,
+    endpoint: Option<&str>,
+) -> Vec<ConnectionRecord> {
+    let expires_at = now.saturating_add(u64::from(settings.record_ttl_seconds));
+    verified
+        .identity
+        .groups
+        .iter()
+        .map(|group| ConnectionRecord {
+            integration_id: group.clone(),
+            connection_id: connection_id.to_owned(),
+            sub: verified.identity.sub.clone(),
+            connected_at: connected_at.to_owned(),
+            expires_at,
+            endpoint: endpoint.map(str::to_owned),
+            auth_expires_at: Some(verified.expires_at),
+            auth_issued_at: verified.issued_at,
+        })
+        .collect()
 }
 
 /// Decides a DISCONNECT: find every record of the connection, delete them.
