@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use gitgazer_ws::dev::DevSigner;
 use gitgazer_ws_tests::jwks_server::{JwksMode, JwksServer};
-use gitgazer_ws_tests::lambda_emulator::{Outcome, RuntimeApiEmulator};
-use gitgazer_ws_tests::{create_table, dynalite_endpoint, dynamodb_env, unique_table};
+use gitgazer_ws_tests::lambda_emulator::{FunctionEnv, Outcome, RuntimeApiEmulator};
+use gitgazer_ws_tests::{create_table, dynalite_endpoint, unique_table};
 use serde_json::json;
 
 #[tokio::main]
@@ -58,18 +58,20 @@ async fn main() {
     for _ in 0..runs {
         let emulator = RuntimeApiEmulator::start().await;
         let started = Instant::now();
-        let mut child = command()
-            .env_clear()
+        let mut command = command();
+        FunctionEnv {
+            runtime_api: &emulator.address,
+            memory_mb: 128,
+            endpoint: &endpoint,
+            table: &table,
+            region,
+            pool,
+            client,
+            jwks_url: &jwks.url,
+        }
+        .apply(&mut command);
+        let mut child = command
             .env("QEMU_LD_PREFIX", "/usr/aarch64-linux-gnu")
-            .env("AWS_LAMBDA_RUNTIME_API", &emulator.address)
-            .env("AWS_LAMBDA_FUNCTION_NAME", "gitgazer-ws")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .envs(dynamodb_env(&endpoint, &table))
-            .env("AWS_REGION", region)
-            .env("COGNITO_USER_POOL_ID", pool)
-            .env("COGNITO_CLIENT_ID", client)
-            .env("COGNITO_JWKS_URL", &jwks.url)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use gitgazer_ws::dev::DevSigner;
 use gitgazer_ws_tests::jwks_server::{JwksMode, JwksServer};
-use gitgazer_ws_tests::lambda_emulator::{CpuThrottle, Outcome, RuntimeApiEmulator};
-use gitgazer_ws_tests::{create_table, dynalite_endpoint, dynamodb_env, unique_table};
+use gitgazer_ws_tests::lambda_emulator::{CpuThrottle, FunctionEnv, Outcome, RuntimeApiEmulator};
+use gitgazer_ws_tests::{create_table, dynalite_endpoint, unique_table};
 use serde_json::json;
 
 /// Lambda's memory for one full vCPU.
@@ -53,20 +53,19 @@ async fn main() {
         for _ in 0..runs {
             let emulator = RuntimeApiEmulator::start().await;
             let started = Instant::now();
-            let mut child = Command::new(&bootstrap)
-                .env_clear()
-                .env("AWS_LAMBDA_RUNTIME_API", &emulator.address)
-                .env("AWS_LAMBDA_FUNCTION_NAME", "gitgazer-ws")
-                .env(
-                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-                    memory.unwrap_or(1769).to_string(),
-                )
-                .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-                .envs(dynamodb_env(&endpoint, &table))
-                .env("AWS_REGION", region)
-                .env("COGNITO_USER_POOL_ID", pool)
-                .env("COGNITO_CLIENT_ID", client)
-                .env("COGNITO_JWKS_URL", &jwks.url)
+            let mut command = Command::new(&bootstrap);
+            FunctionEnv {
+                runtime_api: &emulator.address,
+                memory_mb: memory.unwrap_or(1769),
+                endpoint: &endpoint,
+                table: &table,
+                region,
+                pool,
+                client,
+                jwks_url: &jwks.url,
+            }
+            .apply(&mut command);
+            let mut child = command
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

@@ -278,3 +278,37 @@ fn parse(body: &[u8]) -> Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into()))
 }
+
+/// The environment of the packaged function under the Runtime API emulator
+/// at `runtime_api`: `memory_mb`, the table on the DynamoDB `endpoint`, the
+/// pool `region`/`pool`, app client `client` and its key set at `jwks_url`.
+pub struct FunctionEnv<'a> {
+    pub runtime_api: &'a str,
+    pub memory_mb: u32,
+    pub endpoint: &'a str,
+    pub table: &'a str,
+    pub region: &'a str,
+    pub pool: &'a str,
+    pub client: &'a str,
+    pub jwks_url: &'a str,
+}
+
+impl FunctionEnv<'_> {
+    /// Sets it on `command`, over a cleared environment.
+    pub fn apply(&self, command: &mut std::process::Command) {
+        command
+            .env_clear()
+            .env("AWS_LAMBDA_RUNTIME_API", self.runtime_api)
+            .env("AWS_LAMBDA_FUNCTION_NAME", "gitgazer-ws")
+            .env(
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                self.memory_mb.to_string(),
+            )
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .envs(crate::dynamodb_env(self.endpoint, self.table))
+            .env("AWS_REGION", self.region)
+            .env("COGNITO_USER_POOL_ID", self.pool)
+            .env("COGNITO_CLIENT_ID", self.client)
+            .env("COGNITO_JWKS_URL", self.jwks_url);
+    }
+}

@@ -716,11 +716,17 @@ mod tests {
 
     /// Every record (they name no endpoint) to `sender`, whose 410 is final.
     fn fallback(sender: Arc<dyn ConnectionSender>) -> Routes {
+        fallback_to(sender, true)
+    }
+
+    /// Every record to `sender`; `gone_is_certain: false` is API Gateway's
+    /// kind of route.
+    fn fallback_to(sender: Arc<dyn ConnectionSender>, gone_is_certain: bool) -> Routes {
         Routes::new(Duration::from_secs(1), None)
             .unwrap()
             .with_fallback(Route {
                 sender,
-                gone_is_certain: true,
+                gone_is_certain,
                 immediate: false,
             })
     }
@@ -905,13 +911,7 @@ mod tests {
         // API Gateway's kind of route: ended by the delivery.
         let store = store_with(&records).await;
         let sender = Arc::new(ScriptedSender::default());
-        let routes = Routes::new(Duration::from_secs(1), None)
-            .unwrap()
-            .with_fallback(Route {
-                sender: sender.clone(),
-                gone_is_certain: false,
-                immediate: false,
-            });
+        let routes = fallback_to(sender.clone(), false);
         let report = deliver(
             store.clone(),
             &routes,
@@ -1084,13 +1084,7 @@ mod tests {
             ..ScriptedSender::default()
         });
         // API Gateway's kind of 410: it may mean "$connect still running".
-        let routes = Routes::new(Duration::from_secs(1), None)
-            .unwrap()
-            .with_fallback(Route {
-                sender: sender.clone(),
-                gone_is_certain: false,
-                immediate: false,
-            });
+        let routes = fallback_to(sender.clone(), false);
         let report = deliver(
             store.clone(),
             &routes,
