@@ -130,6 +130,9 @@ impl Capabilities for FixedHost {
     fn delete(&mut self, _keys: &[RecordKey]) -> Result<u32, StoreError> {
         Ok(0)
     }
+    fn revoked_before(&mut self, _sub: &str) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
     fn log(&mut self, _level: Level, message: &str) {
         self.logs.push(message.to_owned());
     }

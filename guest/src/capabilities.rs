@@ -28,6 +28,9 @@ pub trait Capabilities {
     fn keys_of(&mut self, connection_id: &str) -> Result<Vec<RecordKey>, StoreError>;
     /// Deletes the given records; returns how many were removed.
     fn delete(&mut self, keys: &[RecordKey]) -> Result<u32, StoreError>;
+    /// The second at or before which the user's tokens are revoked, if a
+    /// revocation is stored.
+    fn revoked_before(&mut self, sub: &str) -> Result<Option<u64>, StoreError>;
     /// Writes one log line. Never pass a token.
     fn log(&mut self, level: Level, message: &str);
 }

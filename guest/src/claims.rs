@@ -156,10 +156,10 @@ pub fn peek(claims: &Object) -> Option<(String, Option<u64>)> {
     Some((sub, iat))
 }
 
-/// `cognito:groups`: an array of non-empty strings, duplicates collapsed in
-/// order of first appearance. Anything else (absent, not an array, holding a
-/// non-string or an empty string) means no groups at all: a partly readable
-/// claim is not guessed at.
+/// `cognito:groups`: an array of group names ([`is_group_name`]),
+/// duplicates collapsed in order of first appearance. Anything else (absent,
+/// not an array, holding a non-string or a string that is no group name)
+/// means no groups at all: a partly readable claim is not guessed at.
 pub fn groups(claims: &Object) -> Vec<String> {
     let Some(items) = claims.get(GROUPS_CLAIM).and_then(Value::as_array) else {
         return Vec::new();
@@ -167,7 +167,7 @@ pub fn groups(claims: &Object) -> Vec<String> {
     let mut groups: Vec<String> = Vec::with_capacity(items.len());
     for item in items {
         match item.as_str() {
-            Some(group) if !group.is_empty() => {
+            Some(group) if is_group_name(group) => {
                 if !groups.iter().any(|g| g == group) {
                     groups.push(group.to_owned());
                 }
@@ -176,6 +176,15 @@ pub fn groups(claims: &Object) -> Vec<String> {
         }
     }
     groups
+}
+
+/// A Cognito group name, which names an integration: non-empty, without
+/// whitespace or control characters (Cognito's own pattern allows letters,
+/// marks, symbols, numbers and punctuation only). The store keeps other
+/// items (a user's revocation) under keys with a space, so no group's
+/// records can meet them, and delivery refuses any other integration id.
+pub fn is_group_name(name: &str) -> bool {
+    !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]
@@ -334,6 +343,9 @@ mod tests {
             r#"{"cognito:groups":[]}"#,
             r#"{"cognito:groups":["a",1]}"#,
             r#"{"cognito:groups":["a",""]}"#,
+            r#"{"cognito:groups":["a","b c"]}"#,
+            r#"{"cognito:groups":["a","revoked\tb"]}"#,
+            r#"{"cognito:groups":["a","\u00a0"]}"#,
             r#"{"cognito:groups":["a",null]}"#,
             r#"{"cognito:groups":{"a":1}}"#,
         ] {

@@ -24,6 +24,7 @@ pub mod body {
     pub const NO_TOKEN: &str = "Unauthorized: No authentication token provided";
     pub const INVALID_TOKEN: &str = "Unauthorized: Invalid authentication token";
     pub const NO_GROUPS: &str = "Connection denied: No authorized groups found";
+    pub const REVOKED: &str = "Unauthorized: Access revoked";
     pub const NOTHING_TO_DISCONNECT: &str = "No records to disconnect.";
     pub const BAD_REQUEST: &str = "Bad request.";
     pub const TOO_MANY_REQUESTS: &str = "Too many requests. Try again later.";
@@ -83,6 +84,14 @@ pub fn handle_connect(request: &ConnectRequest, caps: &mut impl Capabilities) ->
         caps.log(Level::Info, "connect denied: no authorized groups");
         return Response::new(401, body::NO_GROUPS);
     }
+    match is_revoked(&verified, caps) {
+        Ok(false) => {}
+        Ok(true) => {
+            caps.log(Level::Info, "connect denied: token revoked");
+            return Response::refused(Rejection::Revoked, 401, body::REVOKED);
+        }
+        Err(error) => return store_failure("connect", &error, caps),
+    }
     let Some(connected_at) = rfc3339::format_utc(request.now) else {
         caps.log(Level::Error, "connect failed: now is past year 9999");
         return Response::new(500, body::INTERNAL_ERROR);
@@ -113,7 +122,7 @@ pub mod close {
     pub const REFRESHED: u16 = 1000;
     /// The new token is expired or invalid: get a fresh one and reconnect.
     pub const TOKEN_EXPIRED: u16 = 4001;
-    /// Not this user, or no groups: terminal.
+    /// Not this user, revoked, or no groups: terminal.
     pub const FORBIDDEN: u16 = 4003;
     /// The key set or the store failed (not the client's fault).
     pub const INTERNAL: u16 = 1011;
@@ -247,6 +256,19 @@ pub fn handle_refresh(request: &RefreshRequest, caps: &mut impl Capabilities) ->
             "no authorized groups",
         );
     }
+    match is_revoked(&verified, caps) {
+        Ok(false) => {}
+        Ok(true) => {
+            return refused(
+                caps,
+                close::FORBIDDEN,
+                close::FORBIDDEN_REASON,
+                Some(Rejection::Revoked),
+                "token revoked",
+            );
+        }
+        Err(error) => return refresh_store_failure(request, &error, caps),
+    }
     let connected_at = &request.connected_at;
     let current = match caps.keys_of(&request.connection_id) {
         Ok(keys) => keys,
@@ -305,6 +327,15 @@ pub fn handle_refresh(request: &RefreshRequest, caps: &mut impl Capabilities) ->
         rejection: None,
         expires_at: Some(verified.expires_at),
     }
+}
+
+/// Whether the token's user was revoked at or after it was issued (a token
+/// without `iat` cannot show it is newer: refused too). One store read.
+fn is_revoked(verified: &Verified, caps: &mut impl Capabilities) -> Result<bool, StoreError> {
+    Ok(match caps.revoked_before(&verified.identity.sub)? {
+        Some(before) => verified.issued_at.is_none_or(|iat| iat <= before),
+        None => false,
+    })
 }
 
 /// What stands for the connection's current token.
@@ -415,10 +446,14 @@ pub fn handle_disconnect(request: &DisconnectRequest, caps: &mut impl Capabiliti
     }
 }
 
-/// Non-empty, at most [`MAX_CONNECTION_ID_BYTES`], no control characters:
-/// the id becomes a store key and appears in logs.
+/// Non-empty, at most [`MAX_CONNECTION_ID_BYTES`], no control characters or
+/// whitespace: the id becomes a store key and appears in logs, and the
+/// store keeps other items (revocations) under keys with a space. API
+/// Gateway's ids and the host's hold neither.
 pub fn is_valid_connection_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_CONNECTION_ID_BYTES && !id.chars().any(char::is_control)
+    !id.is_empty()
+        && id.len() <= MAX_CONNECTION_ID_BYTES
+        && !id.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
 /// Maps a store error to its status and generic body, logging the detail.

@@ -152,6 +152,10 @@ mod component {
             connections::delete(&keys).map_err(store_error_from_wit)
         }
 
+        fn revoked_before(&mut self, sub: &str) -> Result<Option<u64>, StoreError> {
+            connections::revoked_before(sub).map_err(store_error_from_wit)
+        }
+
         fn log(&mut self, level: Level, message: &str) {
             let level = match level {
                 Level::Debug => wit_log::Level::Debug,
@@ -248,6 +252,7 @@ mod component {
             Rejection::NotYetValid => T::NotYetValid,
             Rejection::BadClaims => T::BadClaims,
             Rejection::KeySetUnavailable => T::KeySetUnavailable,
+            Rejection::Revoked => T::Revoked,
         }
     }
 }

@@ -186,6 +186,7 @@ pub enum Rejection {
     NotYetValid,
     BadClaims,
     KeySetUnavailable,
+    Revoked,
 }
 
 impl Rejection {
@@ -207,6 +208,7 @@ impl Rejection {
             Rejection::NotYetValid => "not-yet-valid",
             Rejection::BadClaims => "bad-claims",
             Rejection::KeySetUnavailable => "key-set-unavailable",
+            Rejection::Revoked => "revoked",
         }
     }
 }

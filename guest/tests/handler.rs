@@ -183,6 +183,72 @@ fn no_groups_is_denied() {
     }
 }
 
+const SUB: &str = "5f3c8a2e-1111-2222-3333-444455556666";
+
+#[test]
+fn a_token_issued_at_or_before_its_users_revocation_is_refused() {
+    // `iat` is NOW - 100; a revocation at that very second refuses it too.
+    for revoked_before in [NOW - 100, NOW - 1, NOW + 5] {
+        let mut host = FakeHost::new();
+        host.revocations.insert(SUB.into(), revoked_before);
+        assert_eq!(
+            connect(Some(valid_token()), &mut host),
+            refused(401, "Unauthorized: Access revoked", Rejection::Revoked),
+            "revoked before {revoked_before}"
+        );
+        assert_eq!(host.put_all_calls, 0);
+        assert!(host.records.is_empty());
+        assert!(host.logged("connect denied: token revoked"));
+    }
+}
+
+#[test]
+fn a_token_issued_after_the_revocation_or_of_another_user_connects() {
+    for (sub, revoked_before) in [(SUB, NOW - 101), ("someone-else", NOW)] {
+        let mut host = FakeHost::new();
+        host.revocations.insert(sub.into(), revoked_before);
+        assert_eq!(
+            connect(Some(valid_token()), &mut host),
+            response(200, "Connected.")
+        );
+        assert_eq!(host.revoked_before_calls, 1, "one read per CONNECT");
+        assert_eq!(host.records.len(), 2);
+    }
+}
+
+#[test]
+fn a_token_without_iat_is_refused_once_its_user_is_revoked() {
+    let mut claims = claims();
+    claims.as_object_mut().unwrap().remove("iat");
+    let token = sign(key_a(), &header(KID_A), &claims);
+    let mut host = FakeHost::new();
+    assert_eq!(
+        connect(Some(token.clone()), &mut host),
+        response(200, "Connected.")
+    );
+    let mut host = FakeHost::new();
+    host.revocations.insert(SUB.into(), 0);
+    assert_eq!(
+        connect(Some(token), &mut host),
+        refused(401, "Unauthorized: Access revoked", Rejection::Revoked)
+    );
+}
+
+#[test]
+fn a_failed_revocation_read_stores_nothing() {
+    for (error, status, body, _) in store_errors() {
+        let mut host = FakeHost::new();
+        host.revoked_before_error = Some(error.clone());
+        assert_eq!(
+            connect(Some(valid_token()), &mut host),
+            response(status, body),
+            "{error:?}"
+        );
+        assert_eq!(host.put_all_calls, 0);
+        assert!(host.logged(detail(&error)));
+    }
+}
+
 #[test]
 fn key_set_unavailable_is_a_server_error() {
     let mut host = FakeHost::with_key_set(Err("jwks fetch timed out".into()));
@@ -322,6 +388,9 @@ fn disconnect_reports_what_delete_says_it_removed() {
         fn delete(&mut self, keys: &[RecordKey]) -> Result<u32, StoreError> {
             self.0.delete(keys)
         }
+        fn revoked_before(&mut self, sub: &str) -> Result<Option<u64>, StoreError> {
+            self.0.revoked_before(sub)
+        }
         fn log(&mut self, level: Level, message: &str) {
             self.0.log(level, message)
         }
@@ -362,6 +431,9 @@ fn invalid_connection_ids_are_refused_before_any_work() {
         "tab\there",
         "del\u{7f}",
         "c1\u{85}",
+        "a b",
+        "nbsp\u{a0}",
+        "revoked 5f3c8a2e-1111-2222-3333-444455556666",
     ] {
         let mut host = FakeHost::new();
         let mut request = connect_request(Some(valid_token()));
@@ -386,7 +458,7 @@ fn invalid_connection_ids_are_refused_before_any_work() {
 #[test]
 fn longest_and_unusual_but_valid_connection_ids_are_accepted() {
     let longest = "c".repeat(128);
-    for id in [longest.as_str(), "Zm9v=", "ünïcödé id"] {
+    for id in [longest.as_str(), "Zm9v=", "ünïcödé-id"] {
         let mut host = FakeHost::new();
         let mut request = connect_request(Some(valid_token()));
         request.connection_id = id.into();

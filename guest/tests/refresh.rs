@@ -143,6 +143,42 @@ fn another_users_token_or_one_without_groups_closes_4003() {
 }
 
 #[test]
+fn a_token_issued_before_its_users_revocation_closes_4003() {
+    let current = valid_token(); // iat NOW - 100
+    let sub = "5f3c8a2e-1111-2222-3333-444455556666";
+    // Revoked at NOW - 50: a newer token issued before it is refused; one
+    // issued after it is not.
+    let before = token(json!({ "iat": NOW - 50 }));
+    let mut host = connected(&current);
+    host.revocations.insert(sub.into(), NOW - 50);
+    let response = refresh(&current, Some(&before), NOW, &mut host);
+    assert_refused(&response, 4003, "forbidden", &host);
+    assert_eq!(response.rejection, Some(Rejection::Revoked));
+    assert!(host.logged("refresh refused: token revoked"));
+
+    let after = token(json!({ "iat": NOW - 49 }));
+    let mut host = connected(&current);
+    host.revocations.insert(sub.into(), NOW - 50);
+    let response = refresh(&current, Some(&after), NOW, &mut host);
+    assert_eq!(response.code, 1000, "{response:?}");
+    assert_eq!(groups_of(&host), ["integration-1", "integration-2"]);
+}
+
+#[test]
+fn a_failed_revocation_read_closes_1011_and_deletes_the_records() {
+    let current = valid_token();
+    let mut host = connected(&current);
+    host.revoked_before_error = Some(StoreError::Unavailable("down".into()));
+    let response = refresh(
+        &current,
+        Some(&token(json!({ "iat": NOW }))),
+        NOW,
+        &mut host,
+    );
+    assert_refused(&response, 1011, "internal error", &host);
+}
+
+#[test]
 fn an_older_token_or_the_same_one_again_closes_4001() {
     let current = valid_token(); // iat NOW - 100
     for (new, class) in [

@@ -56,6 +56,12 @@ pub enum Command {
     /// TABLE_NAME) and prints the counts as JSON; exit 0 when every live
     /// connection got it or was gone, 1 when some failed, 2 usage.
     Deliver(DeliverArgs),
+    /// Ends a user's access at once: stores a revocation (their tokens issued
+    /// until now are refused at CONNECT and refresh), deletes their records
+    /// and closes their connections (4003); prints the counts as JSON; exit 0
+    /// when every record was deleted and every connection closed or gone, 1
+    /// when some were not, 2 usage or a store error.
+    Evict(EvictArgs),
     /// Precompiles the embedded policy component into FILE, for this CPU or
     /// (--portable) any CPU of its architecture; load it with --precompiled
     /// (or put it beside the executable as gitgazer-ws.cwasm).
@@ -67,7 +73,16 @@ pub enum TableCommand {
     /// Creates the table (keys integrationId/connectionId, a KEYS_ONLY GSI on
     /// connectionId, on-demand billing), waits until it is active, and
     /// enables TTL on expiresAt. An existing table is kept.
-    Create,
+    Create(TableCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TableCreateArgs {
+    /// Also a KEYS_ONLY GSI on sub (named by --sub-index), so that `evict`
+    /// finds a user's records without --integration (one more index write
+    /// per record).
+    #[arg(long)]
+    pub with_sub_index: bool,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +113,10 @@ pub struct GlobalArgs {
         global = true
     )]
     pub connection_id_index: Option<String>,
+    /// Name of the table's optional KEYS_ONLY GSI on sub (`evict` uses it
+    /// when no --integration is given).
+    #[arg(long, env = "DYNAMODB_SUB_INDEX", default_value = DEFAULT_SUB_INDEX, global = true)]
+    pub sub_index: String,
     /// Items per DynamoDB Query page (unset: DynamoDB's 1 MB pages).
     #[arg(long, env = "DYNAMODB_QUERY_PAGE_LIMIT", global = true)]
     pub query_page_limit: Option<u16>,
@@ -317,6 +336,35 @@ pub struct DeliverArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct EvictArgs {
+    /// The user: their tokens' `sub` claim.
+    #[arg(long)]
+    pub sub: String,
+    /// Look for the user's records in this integration only (repeatable);
+    /// without it, through the table's sub index (--sub-index). The
+    /// revocation holds for every integration either way.
+    #[arg(long = "integration", value_name = "ID")]
+    pub integrations: Vec<String>,
+    /// How long the revocation is kept: at least as long as an id token can
+    /// live (Cognito: at most a day).
+    #[arg(long, env = "REVOCATION_TTL_SECONDS", default_value_t = DEFAULT_REVOCATION_TTL_SECONDS,
+          value_parser = clap::value_parser!(u64).range(1..=366 * 86_400))]
+    pub revocation_ttl_seconds: u64,
+    /// Where records that name no endpoint of their own are closed (as for
+    /// `deliver`).
+    #[arg(long, env = "WEBSOCKET_API_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// The nodes' shared management secret, for connections held by
+    /// self-hosted nodes that require it.
+    #[arg(long, env = "MANAGEMENT_TOKEN", hide_env_values = true)]
+    pub management_token: Option<String>,
+}
+
+/// How long a revocation is kept by default: a day, an id token's longest
+/// life in Cognito.
+pub const DEFAULT_REVOCATION_TTL_SECONDS: u64 = 86_400;
+
+#[derive(Debug, Args)]
 pub struct CompileArgs {
     /// Where to write the precompiled component.
     #[arg(long, short)]
@@ -415,6 +463,7 @@ impl GlobalArgs {
         Ok(Some(DynamoDbOptions {
             table,
             connection_id_index,
+            sub_index: self.sub_index.clone(),
             region: region.map(str::to_owned),
             query_page_limit: self.query_page_limit.filter(|&n| n > 0).map(i32::from),
             unprocessed_retry: Default::default(),
@@ -429,6 +478,8 @@ pub const TABLE_NAME_ALIAS: &str = "DYNAMO_DB_CONNECTIONS_TABLE_ARN";
 pub const CONNECTION_ID_INDEX_ALIAS: &str = "DYNAMO_DB_TABLE_CONNECTIONS_CONNECTION_ID_INDEX";
 /// The GSI on connectionId unless configured (GitGazer's name for it).
 pub const DEFAULT_CONNECTION_ID_INDEX: &str = "connectionId-index";
+/// The default name of the optional GSI on `sub`.
+pub const DEFAULT_SUB_INDEX: &str = "sub-index";
 
 /// Our variable or its alias, whichever is set (blank counts as unset); both
 /// set and not `same` is an error naming both, rather than a silent choice.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use gitgazer_ws::cli::{
-    self, Cli, Command, DeliverArgs, GlobalArgs, LogFormat, ServeArgs, TableCommand,
+    self, Cli, Command, DeliverArgs, EvictArgs, GlobalArgs, LogFormat, ServeArgs, TableCommand,
 };
 use gitgazer_ws::clock::unix_now;
 use gitgazer_ws::delivery::nodes::Node;
@@ -79,17 +79,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verify_token(&cli.global, &args.jwks, args.now, &args.token).await
         }
         Command::HandleEvent(args) => handle_event(&cli.global, args.file.as_deref()).await,
-        Command::Table(TableCommand::Create) => {
+        Command::Table(TableCommand::Create(args)) => {
             let options = cli
                 .global
                 .dynamodb_options()?
                 .ok_or_else(|| anyhow::anyhow!("table create needs TABLE_NAME (--table-name)"))?;
             let table = options.table.clone();
-            DynamoDbStore::connect(options).await.create_table().await?;
+            DynamoDbStore::connect(options)
+                .await
+                .create_table(args.with_sub_index)
+                .await?;
             println!("{table}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Deliver(args) => deliver(&cli.global, &args).await,
+        Command::Evict(args) => evict(&cli.global, &args).await,
         Command::Compile(args) => {
             let options = cli.global.engine_options();
             let built = if args.portable || args.target.is_some() {
@@ -114,17 +118,12 @@ async fn deliver(global: &GlobalArgs, args: &DeliverArgs) -> anyhow::Result<Exit
         auth_grace: std::time::Duration::from_secs(args.auth_grace_seconds),
         ..DeliveryOptions::default()
     };
-    let mut routes = Routes::new(
+    let routes = one_shot_routes(
         options.call_timeout,
-        cli::management_token(args.management_token.as_deref())?,
-    )?;
-    if let Some(endpoint) = args.endpoint.as_deref().filter(|e| !e.is_empty()) {
-        routes = routes.with_fallback(Route {
-            sender: Arc::new(ManagementApi::connect(endpoint, options.call_timeout).await?),
-            gone_is_certain: false,
-            immediate: false,
-        });
-    }
+        args.endpoint.as_deref(),
+        args.management_token.as_deref(),
+    )
+    .await?;
     let store = DynamoDbStore::connect(table).await;
     let report = delivery::deliver(
         Arc::new(store),
@@ -137,6 +136,67 @@ async fn deliver(global: &GlobalArgs, args: &DeliverArgs) -> anyhow::Result<Exit
     .await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INVALID)
+    })
+}
+
+/// Where a one-shot command (`deliver`, `evict`) reaches connections: by
+/// each record's endpoint, else `endpoint` (WEBSOCKET_API_ENDPOINT).
+async fn one_shot_routes(
+    call_timeout: std::time::Duration,
+    endpoint: Option<&str>,
+    management_token: Option<&str>,
+) -> anyhow::Result<Routes> {
+    let mut routes = Routes::new(call_timeout, cli::management_token(management_token)?)?;
+    if let Some(endpoint) = endpoint.filter(|e| !e.is_empty()) {
+        routes = routes.with_fallback(Route {
+            sender: Arc::new(ManagementApi::connect(endpoint, call_timeout).await?),
+            gone_is_certain: false,
+            immediate: false,
+        });
+    }
+    Ok(routes)
+}
+
+/// `evict`: the revocation, the records, the connections; the counts as
+/// JSON.
+async fn evict(global: &GlobalArgs, args: &EvictArgs) -> anyhow::Result<ExitCode> {
+    let table = global.dynamodb_options()?.ok_or_else(|| {
+        anyhow::anyhow!("evict writes the revocation to DynamoDB: set TABLE_NAME (--table-name)")
+    })?;
+    let call_timeout = DeliveryOptions::default().call_timeout;
+    let routes = one_shot_routes(
+        call_timeout,
+        args.endpoint.as_deref(),
+        args.management_token.as_deref(),
+    )
+    .await?;
+    let index = table.sub_index.clone();
+    let store = DynamoDbStore::connect(table).await;
+    let eviction = delivery::evict::Eviction {
+        sub: &args.sub,
+        integrations: &args.integrations,
+        now: unix_now(),
+        revocation_ttl: std::time::Duration::from_secs(args.revocation_ttl_seconds),
+        call_timeout,
+    };
+    let report = match delivery::evict::evict(&store, &routes, &eviction).await {
+        Ok(report) => report,
+        Err(delivery::evict::EvictError::Lookup(error)) if args.integrations.is_empty() => {
+            anyhow::bail!(
+                "{}; without --integration, evict finds the user's records through the \
+                 table's index {index:?} on sub (`table create --with-sub-index`, or the \
+                 template's SubIndex parameter): create it, or name the integrations with \
+                 --integration",
+                delivery::evict::EvictError::Lookup(error)
+            )
+        }
+        Err(error) => return Err(error.into()),
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(if report.is_complete() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_INVALID)

@@ -632,6 +632,7 @@ async fn refresh_messages_through_the_handler_function_against_dynalite() {
         DynamoDbStore::connect(DynamoDbOptions {
             table: table.clone(),
             connection_id_index: "connectionId-index".into(),
+            sub_index: "sub-index".into(),
             region: Some("us-east-1".into()),
             query_page_limit: None,
             unprocessed_retry: Default::default(),

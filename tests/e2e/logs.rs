@@ -105,9 +105,11 @@ async fn client_values_are_logged_escaped_one_line_per_entry() {
         "{management}/integrations/{}/events",
         encoded(&hostile("integration"))
     );
+    // (No integration id: a group name holds no whitespace. Refused, and
+    // logged escaped.)
     assert_eq!(
         client.post(url).body("{}").send().await.unwrap().status(),
-        200
+        400
     );
 
     let _ = child.kill();

@@ -20,6 +20,7 @@ mod containment;
 mod dev_server;
 mod dynamodb;
 mod edge;
+mod evict;
 mod guest_stack;
 mod http_limits;
 mod lambda;

@@ -38,6 +38,10 @@ impl ConnectionStore for FailingStore {
         *self.calls.lock().unwrap() += 1;
         Err(self.error.clone())
     }
+    async fn revoked_before(&self, _sub: &str) -> Result<Option<u64>, StoreError> {
+        *self.calls.lock().unwrap() += 1;
+        Err(self.error.clone())
+    }
     fn describe(&self) -> String {
         "failing".into()
     }

@@ -141,6 +141,34 @@ async fn table_shape(endpoint: &str, table: &str) -> Value {
     })
 }
 
+/// `value` with every `Fn::If` replaced by the branch its condition picks
+/// (`conditions`: the value of each condition the test sets).
+fn resolve_if(value: &Value, conditions: &[(&str, bool)]) -> Value {
+    match value {
+        Value::Object(map) if map.len() == 1 && map.contains_key("Fn::If") => {
+            let branches = map["Fn::If"].as_array().expect("[condition, then, else]");
+            let name = branches[0].as_str().expect("a condition name");
+            let (_, holds) = conditions
+                .iter()
+                .find(|(n, _)| *n == name)
+                .unwrap_or_else(|| panic!("the test sets no value for condition {name}"));
+            resolve_if(&branches[if *holds { 1 } else { 2 }], conditions)
+        }
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), resolve_if(v, conditions)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| resolve_if(item, conditions))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 /// The same shape read from the template's table resource.
 fn template_table_shape(table: &Value) -> Value {
     let properties = &table["Properties"];
@@ -343,8 +371,17 @@ fn handle_event(env: &[(String, String)], event: &Value) -> Value {
 async fn the_template_table_is_the_one_the_code_makes_and_serves_connections() {
     let template = template();
     let resources = &template["Resources"];
-    let table = &resources["ConnectionsTable"];
-    assert_eq!(table["Type"], "AWS::DynamoDB::Table");
+    let table_resource = &resources["ConnectionsTable"];
+    assert_eq!(table_resource["Type"], "AWS::DynamoDB::Table");
+    // The table as deployed by default, and with the `sub` index.
+    let conditions = |sub_index| {
+        [
+            ("WithPointInTimeRecovery", true),
+            ("WithSubIndex", sub_index),
+        ]
+    };
+    let table = &resolve_if(table_resource, &conditions(false));
+    let table_with_sub_index = resolve_if(table_resource, &conditions(true));
 
     // The environment names the template's GSI, and the table's TTL is on
     // the attribute the code writes.
@@ -361,20 +398,26 @@ async fn the_template_table_is_the_one_the_code_makes_and_serves_connections() {
     let moto = Moto::start();
     let base_env = |table: &str| dynamodb_env(&moto.endpoint, table);
 
-    // What `table create` makes, on the same server.
+    // What `table create` makes, on the same server (also with the index).
+    let table_create = |name: &str, args: &[&str]| {
+        let output = Command::new(binary_path())
+            .args(["table", "create"])
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .envs(base_env(name))
+            .output()
+            .expect("running gitgazer-ws table create");
+        assert!(
+            output.status.success(),
+            "table create: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
     let reference = format!("reference-{}", unix_now());
-    let output = Command::new(binary_path())
-        .args(["table", "create"])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .envs(base_env(&reference))
-        .output()
-        .expect("running gitgazer-ws table create");
-    assert!(
-        output.status.success(),
-        "table create: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    table_create(&reference, &[]);
+    let reference_with_sub_index = format!("reference-sub-{}", unix_now());
+    table_create(&reference_with_sub_index, &["--with-sub-index"]);
     let ttl = client(&moto.endpoint)
         .describe_time_to_live()
         .table_name(&reference)
@@ -395,13 +438,21 @@ async fn the_template_table_is_the_one_the_code_makes_and_serves_connections() {
         expected,
         "deploy/template.yaml's ConnectionsTable differs from what `gitgazer-ws table create` makes"
     );
+    let expected_with_sub_index = table_shape(&moto.endpoint, &reference_with_sub_index).await;
+    assert_eq!(
+        template_table_shape(&table_with_sub_index),
+        expected_with_sub_index,
+        "with SubIndex, the template's table differs from `table create --with-sub-index`'s"
+    );
+    assert_ne!(expected, expected_with_sub_index);
 
-    // The template's table resource, deployed by CloudFormation (moto).
+    // The template's table resource, deployed by CloudFormation (moto),
+    // with the `sub` index.
     let mut stack = Map::new();
     stack.insert("AWSTemplateFormatVersion".into(), json!("2010-09-09"));
     for (section, names) in [
-        ("Parameters", ["PointInTimeRecovery"]),
-        ("Conditions", ["WithPointInTimeRecovery"]),
+        ("Parameters", ["PointInTimeRecovery", "SubIndex"]),
+        ("Conditions", ["WithPointInTimeRecovery", "WithSubIndex"]),
     ] {
         let picked: Map<String, Value> = names
             .iter()
@@ -411,7 +462,7 @@ async fn the_template_table_is_the_one_the_code_makes_and_serves_connections() {
     }
     stack.insert(
         "Resources".into(),
-        json!({ "ConnectionsTable": table.clone() }),
+        json!({ "ConnectionsTable": table_resource.clone() }),
     );
     stack.insert(
         "Outputs".into(),
@@ -427,6 +478,8 @@ async fn the_template_table_is_the_one_the_code_makes_and_serves_connections() {
         ("TemplateBody", &body),
         ("Parameters.member.1.ParameterKey", "PointInTimeRecovery"),
         ("Parameters.member.1.ParameterValue", "true"),
+        ("Parameters.member.2.ParameterKey", "SubIndex"),
+        ("Parameters.member.2.ParameterValue", "true"),
     ])
     .await;
     let described = moto
@@ -440,8 +493,8 @@ async fn the_template_table_is_the_one_the_code_makes_and_serves_connections() {
     let table_arn = xml_after(&described, "<OutputKey>TableArn<", "OutputValue");
     assert_eq!(
         table_shape(&moto.endpoint, &table_name).await,
-        expected,
-        "the deployed table differs from what `gitgazer-ws table create` makes"
+        expected_with_sub_index,
+        "the deployed table differs from what `gitgazer-ws table create --with-sub-index` makes"
     );
 
     // The real binary with the function's environment on that table.

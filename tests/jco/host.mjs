@@ -24,9 +24,10 @@ const keyOf = (integrationId, connectionId) => JSON.stringify([integrationId, co
 
 /**
  * Starts a case: its key sets (`{ ok }` or `{ error }`), the store's records
- * (kebab-case, as in cases.json) and an optional injected store failure.
+ * (kebab-case, as in cases.json), its revocations (`{ sub, 'revoked-before' }`)
+ * and an optional injected store failure.
  */
-export function beginCase({ keySet, refreshedKeySet, storeBefore, storeFailure }) {
+export function beginCase({ keySet, refreshedKeySet, storeBefore, storeFailure, revocations }) {
   const records = new Map();
   for (const r of storeBefore) {
     records.set(keyOf(r['integration-id'], r['connection-id']), {
@@ -44,6 +45,7 @@ export function beginCase({ keySet, refreshedKeySet, storeBefore, storeFailure }
     keySet,
     refreshedKeySet: refreshedKeySet ?? keySet,
     records,
+    revocations: new Map((revocations ?? []).map((r) => [r.sub, BigInt(r['revoked-before'])])),
     failure: storeFailure ?? null,
     keySetRequests: [],
     logs: [],
@@ -130,6 +132,10 @@ export const connections = {
       if (s.records.delete(keyOf(k.integrationId, k.connectionId))) removed += 1;
     }
     return removed;
+  },
+  revokedBefore(sub) {
+    failIfInjected('revoked-before');
+    return state().revocations.get(sub);
   },
 };
 

@@ -75,6 +75,7 @@ async function runCase(testCase) {
     refreshedKeySet: testCase['refreshed-key-set'],
     storeBefore: testCase['store-before'],
     storeFailure: testCase['store-failure'],
+    revocations: testCase.revocations,
   });
   let outcome;
   try {

@@ -34,6 +34,7 @@ const CONNECTED: &str = "Connected.";
 const NO_TOKEN: &str = "Unauthorized: No authentication token provided";
 const INVALID_TOKEN: &str = "Unauthorized: Invalid authentication token";
 const NO_GROUPS: &str = "Connection denied: No authorized groups found";
+const REVOKED: &str = "Unauthorized: Access revoked";
 const NOTHING_TO_DISCONNECT: &str = "No records to disconnect.";
 const INVALID_CONNECTION_ID: &str = "Invalid connection id.";
 const INTERNAL_ERROR: &str = "Internal server error.";
@@ -147,6 +148,8 @@ struct Case {
     expect: Value,
     key_set_requests: Vec<bool>,
     store_after: Option<Vec<Value>>,
+    /// Users' revocations: (sub, revoked-before).
+    revocations: Vec<(String, u64)>,
 }
 
 impl Builder {
@@ -162,6 +165,7 @@ impl Builder {
             expect,
             key_set_requests: Vec::new(),
             store_after: None,
+            revocations: Vec::new(),
         }
     }
 
@@ -184,6 +188,13 @@ impl Builder {
         }
         if let Some(failure) = case.store_failure {
             value["store-failure"] = failure;
+        }
+        if !case.revocations.is_empty() {
+            value["revocations"] = case
+                .revocations
+                .iter()
+                .map(|(sub, before)| json!({ "sub": sub, "revoked-before": before }))
+                .collect();
         }
         assert!(
             !self.cases.iter().any(|c| c["name"] == value["name"]),
@@ -676,6 +687,7 @@ fn build_cases() -> Vec<Value> {
         ("connect-invalid-connection-id-empty", ""),
         ("connect-invalid-connection-id-control", "c\n1"),
         ("connect-invalid-connection-id-too-long", long_id.as_str()),
+        ("connect-invalid-connection-id-space", "revoked alice"),
     ] {
         b.push(b.case(
             name,
@@ -684,6 +696,62 @@ fn build_cases() -> Vec<Value> {
             response(400, INVALID_CONNECTION_ID),
         ));
     }
+
+    // --- CONNECT: revocations (evict) -----------------------------------------
+    // `iat` of `two_groups` is NOW - 60.
+    for (name, description, revoked_before) in [
+        (
+            "connect-revoked-after-iat",
+            "the user was revoked after the token was issued: 401, nothing stored",
+            NOW - 30,
+        ),
+        (
+            "connect-revoked-at-iat",
+            "a revocation in the very second of iat refuses the token too",
+            NOW - 60,
+        ),
+    ] {
+        let mut c = b.case(
+            name,
+            description,
+            connect("c1", Some(&two_groups)),
+            response(401, REVOKED),
+        );
+        c.key_set_requests = vec![false];
+        c.revocations = vec![("alice".into(), revoked_before)];
+        b.push(c);
+    }
+    let mut c = b.case(
+        "connect-revoked-before-iat",
+        "a token issued after the revocation connects (the user signed in again)",
+        connect("c1", Some(&two_groups)),
+        response(200, CONNECTED),
+    );
+    c.key_set_requests = vec![false];
+    c.revocations = vec![("alice".into(), NOW - 61), ("bob".into(), NOW)];
+    c.store_after = Some(vec![
+        record("acme", "c1", "alice"),
+        record("globex", "c1", "alice"),
+    ]);
+    b.push(c);
+    let mut c = b.case(
+        "connect-revocation-read-fails",
+        "the revocation cannot be read: nothing stored, the store error's answer",
+        connect("c1", Some(&two_groups)),
+        response(500, INTERNAL_ERROR),
+    );
+    c.key_set_requests = vec![false];
+    c.store_failure = Some(store_failure("revoked-before", "unavailable"));
+    b.push(c);
+    let spaced = signer.sign(&claims("alice", Some(json!(["acme", "revoked alice"]))));
+    let mut c = b.case(
+        "connect-group-with-a-space",
+        "a group name with whitespace is no Cognito group: the claim is unreadable, no groups",
+        connect("c1", Some(&spaced)),
+        response(401, NO_GROUPS),
+    );
+    c.key_set_requests = vec![false];
+    b.push(c);
 
     // --- CONNECT: store errors -----------------------------------------------
     for (kind, status, body) in STORE_ERRORS {
@@ -1149,6 +1217,41 @@ fn refresh_cases(b: &mut Builder, signer: &DevSigner) {
     );
     c.store_before = connected_before();
     c.store_after = Some(vec![bob.clone()]);
+    b.push(c);
+
+    let mut c = b.case(
+        "refresh-revoked",
+        "a newer token issued before the user's revocation closes 4003 and deletes the records",
+        refresh("r1", Some(&newer), &current),
+        refreshed(4003, "forbidden", None),
+    );
+    c.key_set_requests = vec![false];
+    c.store_before = connected_before();
+    c.revocations = vec![("alice".into(), NOW - 10)];
+    c.store_after = Some(vec![bob.clone()]);
+    b.push(c);
+
+    let mut c = b.case(
+        "refresh-issued-after-the-revocation",
+        "a token issued after the revocation refreshes as usual",
+        refresh("r1", Some(&newer), &current),
+        refreshed(
+            1000,
+            &format!(
+                r#"{{"type":"refreshed","expiresAt":{},"added":["initech"],"removed":["globex"]}}"#,
+                NOW + 3590
+            ),
+            Some(NOW + 3590),
+        ),
+    );
+    c.key_set_requests = vec![false];
+    c.store_before = connected_before();
+    c.revocations = vec![("alice".into(), NOW - 11)];
+    c.store_after = Some(vec![
+        refreshed_record("acme", "r1", "alice", NOW - 10, NOW + 3590),
+        refreshed_record("initech", "r1", "alice", NOW - 10, NOW + 3590),
+        bob.clone(),
+    ]);
     b.push(c);
 
     let mut c = b.case(

@@ -76,6 +76,7 @@ const imports = {
     putAll: refuseStore,
     keysOf: refuseStore,
     delete: refuseStore,
+    revokedBefore: refuseStore,
   },
   // Kept with the call's verdict: the caller prints those of the call it
   // acts on (a call made again with a fetched key set replaces the first).

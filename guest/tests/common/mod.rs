@@ -241,6 +241,10 @@ pub struct FakeHost {
     pub put_all_error: Option<StoreError>,
     pub keys_of_error: Option<StoreError>,
     pub delete_error: Option<StoreError>,
+    /// Revocations by `sub`: tokens issued at or before the second are refused.
+    pub revocations: BTreeMap<String, u64>,
+    pub revoked_before_calls: usize,
+    pub revoked_before_error: Option<StoreError>,
     pub logs: Vec<(Level, String)>,
 }
 
@@ -260,6 +264,9 @@ impl FakeHost {
             put_all_error: None,
             keys_of_error: None,
             delete_error: None,
+            revocations: BTreeMap::new(),
+            revoked_before_calls: 0,
+            revoked_before_error: None,
             logs: Vec::new(),
         }
     }
@@ -345,6 +352,14 @@ impl Capabilities for FakeHost {
             .filter(|key| self.records.remove(key).is_some())
             .count();
         Ok(u32::try_from(removed).expect("few records"))
+    }
+
+    fn revoked_before(&mut self, sub: &str) -> Result<Option<u64>, StoreError> {
+        self.revoked_before_calls += 1;
+        if let Some(error) = &self.revoked_before_error {
+            return Err(error.clone());
+        }
+        Ok(self.revocations.get(sub).copied())
     }
 
     fn log(&mut self, level: Level, message: &str) {

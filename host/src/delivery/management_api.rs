@@ -14,7 +14,7 @@ use aws_sdk_apigatewaymanagement::operation::post_to_connection::PostToConnectio
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use bytes::Bytes;
 
-use super::{ConnectionSender, SendError, with_sources};
+use super::{Closing, ConnectionSender, SendError, with_sources};
 
 /// The Management API of one WebSocket API stage.
 pub struct ManagementApi {
@@ -71,7 +71,17 @@ impl ConnectionSender for ManagementApi {
             .map_err(classify)
     }
 
-    async fn close(&self, connection_id: &str) -> Result<(), SendError> {
+    /// A last `{"type":"close",…}` message (API Gateway has no close code
+    /// of its own), then `DeleteConnection`.
+    async fn close(&self, connection_id: &str, why: Closing) -> Result<(), SendError> {
+        let message = Bytes::from_static(why.message().as_bytes());
+        match self.post(connection_id, &message).await {
+            Err(SendError::Gone) => return Err(SendError::Gone),
+            Err(error) => {
+                tracing::debug!(connection_id, ?error, "the close message did not arrive")
+            }
+            Ok(()) => {}
+        }
         self.delete_connection(connection_id).await
     }
 }

@@ -14,6 +14,7 @@
 //! A connection found gone loses all its records (found through the
 //! connection-id index, as a DISCONNECT would); only its owner can say so.
 
+pub mod evict;
 mod management_api;
 pub mod nodes;
 
@@ -101,18 +102,61 @@ pub trait ConnectionSender: Send + Sync + 'static {
     /// delivery hands the same buffer to every connection).
     async fn post(&self, connection_id: &str, message: &Bytes) -> Result<(), SendError>;
 
-    /// Closes a connection (`DeleteConnection`); gone already is done.
-    async fn close(&self, connection_id: &str) -> Result<(), SendError> {
-        let _ = connection_id;
+    /// Ends a connection on purpose, saying why ([`Closing`]); `Gone` when
+    /// it was gone already.
+    async fn close(&self, connection_id: &str, why: Closing) -> Result<(), SendError> {
+        let _ = (connection_id, why);
         Err(SendError::Failed(
             "this sender cannot close connections".into(),
         ))
     }
 }
 
-/// The last message of an API Gateway connection whose token expired (it
-/// has no close code of its own).
-pub const TOKEN_EXPIRED_CLOSE: &str = r#"{"type":"close","code":4001,"reason":"token expired"}"#;
+/// Why the server ends a connection on purpose, and how the client hears
+/// it: a self-hosted socket in its close frame, an API Gateway connection
+/// (API Gateway has no close code of its own) in a last message
+/// `{"type":"close","code":…,"reason":…}` before `DeleteConnection`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// Its token expired and no refresh came within the grace window: get
+    /// a fresh token and reconnect.
+    TokenExpired,
+    /// Its user was evicted: terminal, sign in again.
+    Revoked,
+}
+
+impl Closing {
+    /// The close code.
+    pub const fn code(self) -> u16 {
+        match self {
+            Closing::TokenExpired => 4001,
+            Closing::Revoked => 4003,
+        }
+    }
+
+    /// The close frame's reason.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Closing::TokenExpired => "token expired",
+            Closing::Revoked => "forbidden",
+        }
+    }
+
+    /// The last message of an API Gateway connection.
+    pub const fn message(self) -> &'static str {
+        match self {
+            Closing::TokenExpired => r#"{"type":"close","code":4001,"reason":"token expired"}"#,
+            Closing::Revoked => r#"{"type":"close","code":4003,"reason":"revoked"}"#,
+        }
+    }
+
+    /// The closing a code names (`DELETE …/@connections/{id}?code=…`).
+    pub fn from_code(code: u16) -> Option<Self> {
+        [Closing::TokenExpired, Closing::Revoked]
+            .into_iter()
+            .find(|closing| closing.code() == code)
+    }
+}
 
 /// A sender, and whether its 410 is the final word: a node knows its
 /// sockets, handshakes under way included; API Gateway does not (see
@@ -260,6 +304,9 @@ impl DeliveryReport {
 pub enum DeliveryError {
     /// The message exceeds [`MAX_MESSAGE_BYTES`].
     TooLarge { size: usize },
+    /// The integration id is no Cognito group name (empty, whitespace or
+    /// control characters).
+    NotAnIntegration,
     /// The records could not be read.
     Store(StoreError),
 }
@@ -270,6 +317,9 @@ impl std::fmt::Display for DeliveryError {
             DeliveryError::TooLarge { size } => write!(
                 f,
                 "the message is {size} bytes; API Gateway accepts at most {MAX_MESSAGE_BYTES}"
+            ),
+            DeliveryError::NotAnIntegration => f.write_str(
+                "not an integration id: a Cognito group name holds no whitespace or control characters",
             ),
             DeliveryError::Store(error) => write!(f, "reading the integration's records: {error}"),
         }
@@ -292,6 +342,12 @@ pub async fn deliver(
         return Err(DeliveryError::TooLarge {
             size: message.len(),
         });
+    }
+    // Only a group name names an integration; other partitions of the
+    // table (revocations) are no connections.
+    if !gitgazer_ws_guest::claims::is_group_name(integration_id) {
+        tracing::warn!(integration_id, "delivery refused: not an integration id");
+        return Err(DeliveryError::NotAnIntegration);
     }
     let records = store
         .records_of(integration_id)
@@ -393,12 +449,12 @@ async fn end_expired(
             continue;
         }
         for connection_id in connections.into_keys() {
-            let message = Bytes::from_static(TOKEN_EXPIRED_CLOSE.as_bytes());
-            if let Err(error) = route.sender.post(&connection_id, &message).await {
-                tracing::debug!(connection_id, ?error, "the close message did not arrive");
-            }
-            match route.sender.close(&connection_id).await {
-                Ok(()) => remove_connection(store, &connection_id).await,
+            match route
+                .sender
+                .close(&connection_id, Closing::TokenExpired)
+                .await
+            {
+                Ok(()) | Err(SendError::Gone) => remove_connection(store, &connection_id).await,
                 Err(error) => tracing::warn!(
                     integration_id,
                     connection_id,
@@ -667,7 +723,7 @@ mod tests {
     struct ScriptedSender {
         script: HashMap<String, Vec<Answer>>,
         posts: Mutex<Vec<(String, Vec<u8>)>>,
-        closes: Mutex<Vec<String>>,
+        closes: Mutex<Vec<(String, Closing)>>,
     }
 
     #[derive(Clone)]
@@ -695,8 +751,11 @@ mod tests {
             }
         }
 
-        async fn close(&self, connection_id: &str) -> Result<(), SendError> {
-            self.closes.lock().unwrap().push(connection_id.to_owned());
+        async fn close(&self, connection_id: &str, why: Closing) -> Result<(), SendError> {
+            self.closes
+                .lock()
+                .unwrap()
+                .push((connection_id.to_owned(), why));
             Ok(())
         }
     }
@@ -749,6 +808,26 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         store.put_all(records).await.unwrap();
         store
+    }
+
+    #[tokio::test]
+    async fn only_a_group_name_is_delivered_to() {
+        // A revocation's partition, which holds no connections.
+        let store = store_with(&[record("revoked alice", "revoked alice", *NOW + 60)]).await;
+        let sender = Arc::new(ScriptedSender::default());
+        for id in ["revoked alice", "", "a\tb", "a\u{a0}b"] {
+            let result = deliver(
+                store.clone(),
+                &fallback(sender.clone()),
+                id,
+                Bytes::from_static(b"x"),
+                *NOW,
+                &fast(),
+            )
+            .await;
+            assert_eq!(result, Err(DeliveryError::NotAnIntegration), "{id:?}");
+        }
+        assert!(sender.posts.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -924,14 +1003,11 @@ mod tests {
         .unwrap();
         assert_eq!(report.expired_auth, 2);
         assert_eq!(report.delivered, 0);
+        assert!(sender.posts.lock().unwrap().is_empty());
         assert_eq!(
-            *sender.posts.lock().unwrap(),
-            [(
-                "past-grace".to_owned(),
-                TOKEN_EXPIRED_CLOSE.as_bytes().to_vec()
-            )]
+            *sender.closes.lock().unwrap(),
+            [("past-grace".to_owned(), Closing::TokenExpired)]
         );
-        assert_eq!(*sender.closes.lock().unwrap(), ["past-grace"]);
         let left: Vec<String> = store
             .snapshot()
             .into_iter()

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use subtle::ConstantTimeEq;
 
-use super::{ConnectionSender, SendError};
+use super::{Closing, ConnectionSender, SendError};
 
 /// The path segment before an incarnation in a node's endpoint.
 pub const INCARNATION_SEGMENT: &str = "n";
@@ -213,13 +213,9 @@ impl PeerNode {
     }
 }
 
-#[async_trait::async_trait]
-impl ConnectionSender for PeerNode {
-    async fn post(&self, connection_id: &str, message: &Bytes) -> Result<(), SendError> {
-        let mut request = self
-            .client
-            .post(self.url_of(connection_id))
-            .body(message.clone());
+impl PeerNode {
+    /// Sends one management request and maps its answer.
+    async fn send(&self, mut request: reqwest::RequestBuilder) -> Result<(), SendError> {
         if let Some(authorization) = &self.authorization {
             request = request.header(reqwest::header::AUTHORIZATION, authorization);
         }
@@ -242,6 +238,30 @@ impl ConnectionSender for PeerNode {
         }
     }
 }
+
+#[async_trait::async_trait]
+impl ConnectionSender for PeerNode {
+    async fn post(&self, connection_id: &str, message: &Bytes) -> Result<(), SendError> {
+        self.send(
+            self.client
+                .post(self.url_of(connection_id))
+                .body(message.clone()),
+        )
+        .await
+    }
+
+    /// `DELETE {endpoint}/@connections/{id}?code=…`: the node closes its
+    /// socket with that code and reason.
+    async fn close(&self, connection_id: &str, why: Closing) -> Result<(), SendError> {
+        let mut url = self.url_of(connection_id);
+        url.query_pairs_mut()
+            .append_pair(CLOSE_CODE_PARAMETER, &why.code().to_string());
+        self.send(self.client.delete(url)).await
+    }
+}
+
+/// The query parameter of a management `DELETE` that names the close code.
+pub const CLOSE_CODE_PARAMETER: &str = "code";
 
 #[cfg(test)]
 mod tests {

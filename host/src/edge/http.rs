@@ -23,7 +23,9 @@ use super::http_status;
 use super::websocket::{self, Sockets};
 use crate::clock::unix_now;
 use crate::delivery::nodes::Node;
-use crate::delivery::{self, DeliveryError, DeliveryOptions, MAX_MESSAGE_BYTES, Routes, SendError};
+use crate::delivery::{
+    self, Closing, DeliveryError, DeliveryOptions, MAX_MESSAGE_BYTES, Routes, SendError,
+};
 use crate::dev::{DevClaims, DevSigner};
 use crate::service::{Handler, new_request_id};
 use crate::telemetry::{self, Gauges};
@@ -149,12 +151,30 @@ async fn post_to_connection(
     management_reply(state.sockets.send(&connection_id, &body), StatusCode::OK)
 }
 
-/// API Gateway's `DeleteConnection`: 204 closing, 410 no such socket.
+/// `DELETE …/@connections/{id}[?code=…]`.
+#[derive(Deserialize)]
+struct DeleteParams {
+    /// The close code: one of [`Closing`]'s (4001, 4003); none: 1000.
+    code: Option<u16>,
+}
+
+/// API Gateway's `DeleteConnection`: 204 closing, 410 no such socket. Our
+/// extension, `?code=4001|4003`, closes with that code and its reason (how
+/// `evict` ends another node's socket).
 async fn delete_connection(
     State(state): State<AppState>,
     Path(connection_id): Path<String>,
+    Query(params): Query<DeleteParams>,
 ) -> Response {
-    let result = if state.sockets.close(&connection_id) {
+    let why = match params.code.map(Closing::from_code) {
+        None => None,
+        Some(Some(closing)) => Some(closing),
+        Some(None) => {
+            let message = serde_json::json!({ "message": "code must be 4001 or 4003" });
+            return (StatusCode::BAD_REQUEST, axum::Json(message)).into_response();
+        }
+    };
+    let result = if state.sockets.close(&connection_id, why) {
         Ok(())
     } else {
         Err(SendError::Gone)
@@ -178,11 +198,12 @@ async fn post_to_incarnation(
 async fn delete_in_incarnation(
     State(state): State<AppState>,
     Path((incarnation, connection_id)): Path<(String, String)>,
+    params: Query<DeleteParams>,
 ) -> Response {
     if incarnation != state.node.incarnation() {
         return management_reply(Err(SendError::Gone), StatusCode::OK);
     }
-    delete_connection(State(state), Path(connection_id)).await
+    delete_connection(State(state), Path(connection_id), params).await
 }
 
 /// API Gateway's error shape: `{"message": …}`.
@@ -226,6 +247,9 @@ async fn deliver_event(
         Ok(report) => axum::Json(report).into_response(),
         Err(error @ DeliveryError::TooLarge { .. }) => {
             (StatusCode::PAYLOAD_TOO_LARGE, error.to_string()).into_response()
+        }
+        Err(error @ DeliveryError::NotAnIntegration) => {
+            (StatusCode::BAD_REQUEST, error.to_string()).into_response()
         }
         Err(error) => {
             tracing::error!(integration_id, %error, "delivery failed");

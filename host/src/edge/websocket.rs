@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::delivery::{ConnectionSender, MAX_MESSAGE_BYTES, SendError};
+use crate::delivery::{Closing, ConnectionSender, MAX_MESSAGE_BYTES, SendError};
 use crate::service::{Current, Handler, new_request_id};
 use crate::telemetry;
 use crate::wit::types::Response as PolicyResponse;
@@ -82,9 +82,9 @@ pub const DEFAULT_AUTH_GRACE_SECONDS: u64 = 30;
 
 /// The close code of a socket whose token expired: get a fresh token and
 /// reconnect.
-pub const TOKEN_EXPIRED_CODE: u16 = 4001;
+pub const TOKEN_EXPIRED_CODE: u16 = Closing::TokenExpired.code();
 /// Its close reason.
-pub const TOKEN_EXPIRED_REASON: &str = "token expired";
+pub const TOKEN_EXPIRED_REASON: &str = Closing::TokenExpired.reason();
 /// A socket hears `refresh_required` at most this long before its token's
 /// `exp` (and at most half the token's remaining life at CONNECT).
 pub const REFRESH_NOTICE: Duration = Duration::from_secs(60);
@@ -206,6 +206,9 @@ enum ServerClose {
     SlowReader,
     /// The host is shutting down.
     Shutdown,
+    /// Ended on purpose (`DELETE /@connections/{id}?code=…`: its user was
+    /// evicted, say).
+    Ended(Closing),
 }
 
 /// Why a socket ended after a refused refresh (its close frame carries the
@@ -223,6 +226,7 @@ impl ServerClose {
             Self::Deleted => (1000, "closed by the server"),
             Self::SlowReader => (1008, "slow reader"),
             Self::Shutdown => (1001, "server shutting down"),
+            Self::Ended(closing) => (closing.code(), closing.reason()),
         }
     }
 }
@@ -454,11 +458,15 @@ impl Sockets {
         Ok(())
     }
 
-    /// Closes a socket (`DELETE /@connections/{id}`); false when unknown.
-    pub fn close(&self, connection_id: &str) -> bool {
+    /// Closes a socket (`DELETE /@connections/{id}`), with 1000 or the code
+    /// and reason of `why`; false when unknown.
+    pub fn close(&self, connection_id: &str, why: Option<Closing>) -> bool {
         match self.remove(connection_id) {
             Some(handle) => {
-                Self::end(&handle, ServerClose::Deleted);
+                Self::end(
+                    &handle,
+                    why.map_or(ServerClose::Deleted, ServerClose::Ended),
+                );
                 true
             }
             None => false,
@@ -492,6 +500,14 @@ impl Sockets {
 impl ConnectionSender for Sockets {
     async fn post(&self, connection_id: &str, message: &Bytes) -> Result<(), SendError> {
         self.send(connection_id, message)
+    }
+
+    async fn close(&self, connection_id: &str, why: Closing) -> Result<(), SendError> {
+        if Sockets::close(self, connection_id, Some(why)) {
+            Ok(())
+        } else {
+            Err(SendError::Gone)
+        }
     }
 }
 
@@ -749,6 +765,7 @@ fn close_label(reason: &str) -> &'static str {
         "server shutting down" => "shutdown",
         "slow reader" | "send timed out (slow reader)" => "slow_reader",
         TOKEN_EXPIRED_REASON => "token_expired",
+        reason if reason == Closing::Revoked.reason() => "revoked",
         REFRESH_REFUSED => "refresh_refused",
         RATE_LIMITED_REASON => "rate_limited",
         "message too big" => "too_big",
@@ -807,6 +824,8 @@ mod tests {
                 ServerClose::Deleted,
                 ServerClose::SlowReader,
                 ServerClose::Shutdown,
+                ServerClose::Ended(Closing::TokenExpired),
+                ServerClose::Ended(Closing::Revoked),
             ]
             .map(|close| close.frame().1),
         );

@@ -88,6 +88,42 @@ impl<S: ConnectionStore> ConnectionStore for Measured<S> {
         self.measured("record", Instant::now(), self.store.record(key).await)
     }
 
+    async fn revoked_before(&self, sub: &str) -> Result<Option<u64>, StoreError> {
+        self.measured(
+            "revoked_before",
+            Instant::now(),
+            self.store.revoked_before(sub).await,
+        )
+    }
+
+    async fn revoke(&self, sub: &str, before: u64, expires_at: u64) -> Result<(), StoreError> {
+        self.measured(
+            "revoke",
+            Instant::now(),
+            self.store.revoke(sub, before, expires_at).await,
+        )
+    }
+
+    async fn records_of_user(
+        &self,
+        integration_id: &str,
+        sub: &str,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
+        self.measured(
+            "records_of_user",
+            Instant::now(),
+            self.store.records_of_user(integration_id, sub).await,
+        )
+    }
+
+    async fn records_of_sub(&self, sub: &str) -> Result<Vec<ConnectionRecord>, StoreError> {
+        self.measured(
+            "records_of_sub",
+            Instant::now(),
+            self.store.records_of_sub(sub).await,
+        )
+    }
+
     async fn roll_back(&self, keys: &[RecordKey], expires_at: u64) {
         self.store.roll_back(keys, expires_at).await;
     }

@@ -5,7 +5,7 @@
 //! DynamoDB's TTL would (only sooner), so a process that runs for weeks
 //! holds the records of live connections only, however many CONNECTs it saw.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use super::{ConnectionRecord, ConnectionStore, RecordKey, StoreError};
@@ -14,6 +14,8 @@ use crate::clock::unix_now;
 #[derive(Default)]
 pub struct MemoryStore {
     records: Mutex<Records>,
+    /// Revocations by `sub`: (revoked before, kept until).
+    revocations: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 #[derive(Default)]
@@ -116,6 +118,44 @@ impl ConnectionStore for MemoryStore {
         Ok(self.lock().by_key.get(key).cloned())
     }
 
+    async fn revoked_before(&self, sub: &str) -> Result<Option<u64>, StoreError> {
+        let now = unix_now();
+        let mut revocations = self.revocations.lock().unwrap_or_else(|e| e.into_inner());
+        revocations.retain(|_, (_, expires_at)| *expires_at > now);
+        Ok(revocations.get(sub).map(|(before, _)| *before))
+    }
+
+    async fn revoke(&self, sub: &str, before: u64, expires_at: u64) -> Result<(), StoreError> {
+        let mut revocations = self.revocations.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = revocations
+            .entry(sub.to_owned())
+            .or_insert((before, expires_at));
+        if entry.0 <= before {
+            *entry = (before, expires_at);
+        }
+        Ok(())
+    }
+
+    async fn records_of_user(
+        &self,
+        integration_id: &str,
+        sub: &str,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
+        let mut records = self.records_of(integration_id).await?;
+        records.retain(|record| record.sub == sub);
+        Ok(records)
+    }
+
+    async fn records_of_sub(&self, sub: &str) -> Result<Vec<ConnectionRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .by_key
+            .values()
+            .filter(|record| record.sub == sub)
+            .cloned()
+            .collect())
+    }
+
     fn describe(&self) -> String {
         "memory".into()
     }
@@ -158,5 +198,46 @@ mod tests {
         store.put_all(&[record("live", now - 1)]).await.unwrap();
         assert!(store.snapshot().is_empty());
         assert!(store.lock().by_expiry.is_empty(), "no stale index entries");
+    }
+
+    #[tokio::test]
+    async fn a_revocation_is_read_back_never_moves_earlier_and_expires() {
+        let store = MemoryStore::new();
+        let now = unix_now();
+        assert_eq!(store.revoked_before("alice").await.unwrap(), None);
+        store.revoke("alice", now, now + 60).await.unwrap();
+        store.revoke("alice", now - 10, now + 60).await.unwrap();
+        assert_eq!(store.revoked_before("alice").await.unwrap(), Some(now));
+        assert_eq!(store.revoked_before("bob").await.unwrap(), None);
+        store.revoke("bob", now, now).await.unwrap();
+        assert_eq!(store.revoked_before("bob").await.unwrap(), None, "expired");
+    }
+
+    #[tokio::test]
+    async fn a_users_records_are_found_in_one_integration_or_all() {
+        let store = MemoryStore::new();
+        let now = unix_now();
+        let mut other = record("c2", now + 60);
+        other.sub = "bob".into();
+        let mut elsewhere = record("c1", now + 60);
+        elsewhere.integration_id = "globex".into();
+        store
+            .put_all(&[record("c1", now + 60), other, elsewhere])
+            .await
+            .unwrap();
+        let keys = |records: Vec<ConnectionRecord>| -> Vec<(String, String)> {
+            records
+                .into_iter()
+                .map(|r| (r.integration_id, r.connection_id))
+                .collect()
+        };
+        assert_eq!(
+            keys(store.records_of_user("acme", "alice").await.unwrap()),
+            [("acme".into(), "c1".into())]
+        );
+        assert_eq!(
+            keys(store.records_of_sub("alice").await.unwrap()),
+            [("acme".into(), "c1".into()), ("globex".into(), "c1".into())]
+        );
     }
 }

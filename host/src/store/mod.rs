@@ -17,6 +17,22 @@ pub use rollback::RollbackRetry;
 
 pub use crate::wit::types::{ConnectionRecord, RecordKey, StoreError};
 
+/// A user's revocation (`gitgazer-ws evict`) is kept in the records' table,
+/// under a key no record can have: both halves start with this prefix, and
+/// its space is in no group name (`is_group_name`) and no connection id
+/// (`is_valid_connection_id`). No `sub` attribute: the `sub` index never
+/// lists it.
+pub const REVOCATION_PREFIX: &str = "revoked ";
+
+/// The key of `sub`'s revocation.
+pub fn revocation_key(sub: &str) -> RecordKey {
+    let key = format!("{REVOCATION_PREFIX}{sub}");
+    RecordKey {
+        integration_id: key.clone(),
+        connection_id: key,
+    }
+}
+
 impl ConnectionRecord {
     pub fn key(&self) -> RecordKey {
         RecordKey {
@@ -47,10 +63,41 @@ pub trait ConnectionStore: Send + Sync + 'static {
     /// none: what an API Gateway refresh knows of a connection.
     async fn record(&self, key: &RecordKey) -> Result<Option<ConnectionRecord>, StoreError> {
         let _ = key;
-        Err(StoreError::Other(format!(
-            "{} cannot read one record",
-            self.describe()
-        )))
+        Err(self.cannot("read one record"))
+    }
+
+    /// The second at or before which `sub`'s tokens are revoked, if a
+    /// revocation is stored (strongly consistent: an eviction holds from
+    /// the moment it is written).
+    async fn revoked_before(&self, sub: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Stores `sub`'s revocation (tokens issued at or before `before`),
+    /// kept until `expires_at`. A later revocation already stored stays.
+    async fn revoke(&self, sub: &str, before: u64, expires_at: u64) -> Result<(), StoreError> {
+        let _ = (sub, before, expires_at);
+        Err(self.cannot("store a revocation"))
+    }
+
+    /// `sub`'s records in one integration (strongly consistent).
+    async fn records_of_user(
+        &self,
+        integration_id: &str,
+        sub: &str,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
+        let _ = (integration_id, sub);
+        Err(self.cannot("list a user's records in an integration"))
+    }
+
+    /// `sub`'s records in every integration, found through the `sub` index
+    /// (eventually consistent, as every GSI).
+    async fn records_of_sub(&self, sub: &str) -> Result<Vec<ConnectionRecord>, StoreError> {
+        let _ = sub;
+        Err(self.cannot("list a user's records"))
+    }
+
+    /// What an operation this store does not offer answers.
+    fn cannot(&self, what: &str) -> StoreError {
+        StoreError::Other(format!("{} cannot {what}", self.describe()))
     }
 
     /// Removes the records of a CONNECT that failed after storing them
@@ -83,4 +130,20 @@ pub trait ConnectionStore: Send + Sync + 'static {
 
     /// A short name for logs (`memory`, `dynamodb:<table>`).
     fn describe(&self) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gitgazer_ws_guest::claims::is_group_name;
+    use gitgazer_ws_guest::handler::is_valid_connection_id;
+
+    #[test]
+    fn a_revocation_key_is_no_records_key() {
+        for sub in ["5f3c8a2e-1111-2222-3333-444455556666", "a", "with space"] {
+            let key = revocation_key(sub);
+            assert!(!is_group_name(&key.integration_id), "{key:?}");
+            assert!(!is_valid_connection_id(&key.connection_id), "{key:?}");
+        }
+    }
 }

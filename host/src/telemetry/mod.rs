@@ -154,7 +154,17 @@ pub fn initialize() {
 pub const EXPORTS: [&str; 3] = ["handle-connect", "handle-disconnect", "handle-refresh"];
 pub const REFRESH_CODES: [&str; 6] = ["1000", "1011", "4001", "4003", "4029", "other"];
 pub const KEY_SET_OUTCOMES: [&str; 5] = ["ok", "unreachable", "http_error", "too_large", "refused"];
-pub const STORE_OPERATIONS: [&str; 5] = ["put_all", "keys_of", "delete", "records_of", "record"];
+pub const STORE_OPERATIONS: [&str; 9] = [
+    "put_all",
+    "keys_of",
+    "delete",
+    "records_of",
+    "record",
+    "revoked_before",
+    "revoke",
+    "records_of_user",
+    "records_of_sub",
+];
 pub const STORE_OUTCOMES: [&str; 6] = [
     "ok",
     "validation",
@@ -163,7 +173,7 @@ pub const STORE_OUTCOMES: [&str; 6] = [
     "unavailable",
     "other",
 ];
-pub const CLOSE_REASONS: [&str; 13] = [
+pub const CLOSE_REASONS: [&str; 14] = [
     "client",
     "lost",
     "idle",
@@ -173,6 +183,7 @@ pub const CLOSE_REASONS: [&str; 13] = [
     "shutdown",
     "slow_reader",
     "token_expired",
+    "revoked",
     "refresh_refused",
     "rate_limited",
     "too_big",
@@ -202,7 +213,7 @@ fn cached<T: Clone>(slot: &OnceLock<T>, register: impl FnOnce() -> T) -> T {
 }
 
 /// One slot per status label and rejection class (plus `none`).
-const REJECTION_SLOTS: usize = 16;
+const REJECTION_SLOTS: usize = 17;
 static CONNECT_SLOTS: [OnceLock<Counter>; STATUSES.len() * REJECTION_SLOTS] =
     [const { OnceLock::new() }; STATUSES.len() * REJECTION_SLOTS];
 static DISCONNECT_SLOTS: [OnceLock<Counter>; STATUSES.len()] =
@@ -414,7 +425,7 @@ mod tests {
     #[test]
     fn every_rejection_class_has_a_connect_slot() {
         // The WIT's last class; a new one must fit too (or grow the slots).
-        let last = TokenRejection::KeySetUnavailable as usize;
+        let last = TokenRejection::Revoked as usize;
         assert!(last + 1 < REJECTION_SLOTS, "{last}");
     }
 }

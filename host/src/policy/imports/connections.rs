@@ -50,6 +50,11 @@ impl connections::Host for ConnectionsHost<'_> {
         let result = self.clock.wait(self.store.delete(&keys)).await;
         result.inspect_err(|e| self.report(e))
     }
+
+    async fn revoked_before(&mut self, sub: String) -> Result<Option<u64>, StoreError> {
+        let result = self.clock.wait(self.store.revoked_before(&sub)).await;
+        result.inspect_err(|e| self.report(e))
+    }
 }
 
 impl ConnectionsHost<'_> {

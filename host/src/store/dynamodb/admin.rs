@@ -10,13 +10,14 @@ use aws_sdk_dynamodb::types::{
 };
 
 use super::DynamoDbStore;
-use super::item::{CONNECTION_ID, EXPIRES_AT, INTEGRATION_ID};
+use super::item::{CONNECTION_ID, EXPIRES_AT, INTEGRATION_ID, SUB};
 
 impl DynamoDbStore {
-    /// Creates the table with its GSI (on-demand billing), waits until it is
+    /// Creates the table with its GSI (on-demand billing), and with
+    /// `with_sub_index` the KEYS_ONLY GSI on `sub` too, waits until it is
     /// active, and enables TTL on `expiresAt`. An existing table is kept.
     /// Endpoints without UpdateTimeToLive (dynalite) get a warning.
-    pub async fn create_table(&self) -> anyhow::Result<()> {
+    pub async fn create_table(&self, with_sub_index: bool) -> anyhow::Result<()> {
         let table = &self.options.table;
         let key = |name: &str, key_type| {
             KeySchemaElement::builder()
@@ -30,16 +31,18 @@ impl DynamoDbStore {
                 .attribute_type(ScalarAttributeType::S)
                 .build()
         };
-        let index = GlobalSecondaryIndex::builder()
-            .index_name(&self.options.connection_id_index)
-            .key_schema(key(CONNECTION_ID, KeyType::Hash)?)
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::KeysOnly)
-                    .build(),
-            )
-            .build()?;
-        let created = self
+        let keys_only_index = |name: &str, attribute: &str| {
+            GlobalSecondaryIndex::builder()
+                .index_name(name)
+                .key_schema(key(attribute, KeyType::Hash)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::KeysOnly)
+                        .build(),
+                )
+                .build()
+        };
+        let mut create = self
             .client
             .create_table()
             .table_name(table)
@@ -48,9 +51,16 @@ impl DynamoDbStore {
             .attribute_definitions(string_attribute(CONNECTION_ID)?)
             .key_schema(key(INTEGRATION_ID, KeyType::Hash)?)
             .key_schema(key(CONNECTION_ID, KeyType::Range)?)
-            .global_secondary_indexes(index)
-            .send()
-            .await;
+            .global_secondary_indexes(keys_only_index(
+                &self.options.connection_id_index,
+                CONNECTION_ID,
+            )?);
+        if with_sub_index {
+            create = create
+                .attribute_definitions(string_attribute(SUB)?)
+                .global_secondary_indexes(keys_only_index(&self.options.sub_index, SUB)?);
+        }
+        let created = create.send().await;
         match created {
             Ok(_) => tracing::info!(table, "table created"),
             Err(e) if e.code() == Some("ResourceInUseException") => {

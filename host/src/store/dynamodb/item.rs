@@ -6,6 +6,10 @@
 //! the `exp` of the token the connection was authorised with, on items
 //! whose CONNECT knew it: delivery stops at it; `authIssuedAt` (N), that
 //! token's `iat`, which an API Gateway refresh checks the new token against.
+//!
+//! A user's revocation is an item of its own (`revocation_item`): both key
+//! halves `revoked {sub}` (see `store::revocation_key`), `revokedBefore` (N)
+//! and `expiresAt` (N, the same TTL), no `sub`.
 
 use std::collections::HashMap;
 
@@ -21,6 +25,7 @@ pub const EXPIRES_AT: &str = "expiresAt";
 pub const ENDPOINT: &str = "endpoint";
 pub const AUTH_EXPIRES_AT: &str = "authExpiresAt";
 pub const AUTH_ISSUED_AT: &str = "authIssuedAt";
+pub const REVOKED_BEFORE: &str = "revokedBefore";
 
 /// The `expiresAt` of a record written without one.
 pub const NO_EXPIRY: u64 = u64::MAX;
@@ -69,6 +74,24 @@ pub(super) fn delete_request(key: &RecordKey) -> Result<WriteRequest, StoreError
         .build()
         .map_err(|e| StoreError::Other(format!("building a DeleteRequest: {e}")))?;
     Ok(WriteRequest::builder().delete_request(delete).build())
+}
+
+/// The item of `sub`'s revocation.
+pub(super) fn revocation_item(
+    sub: &str,
+    before: u64,
+    expires_at: u64,
+) -> HashMap<String, AttributeValue> {
+    let mut item = key_attributes(&crate::store::revocation_key(sub));
+    item.insert(
+        REVOKED_BEFORE.to_owned(),
+        AttributeValue::N(before.to_string()),
+    );
+    item.insert(
+        EXPIRES_AT.to_owned(),
+        AttributeValue::N(expires_at.to_string()),
+    );
+    item
 }
 
 fn key_attributes(key: &RecordKey) -> HashMap<String, AttributeValue> {

@@ -33,7 +33,8 @@ use super::rollback::{Pending, RecentUncertain, RollbackRetrier, RollbackRetry};
 use super::{ConnectionRecord, ConnectionStore, RecordKey, StoreError};
 use crate::retry::Backoff;
 use item::{
-    CONNECTION_ID, INTEGRATION_ID, delete_request, put_request, record_from, string_attribute,
+    CONNECTION_ID, INTEGRATION_ID, REVOKED_BEFORE, SUB, delete_request, put_request, record_from,
+    revocation_item, string_attribute,
 };
 
 /// BatchWriteItem's limit of requests per call.
@@ -71,6 +72,9 @@ pub struct DynamoDbOptions {
     pub table: String,
     /// The GSI on `connectionId`.
     pub connection_id_index: String,
+    /// The optional KEYS_ONLY GSI on `sub` (`evict` without
+    /// `--integration` needs it; `table create --with-sub-index` makes it).
+    pub sub_index: String,
     /// Region override; `None` takes the SDK's chain (`AWS_REGION`, profile).
     pub region: Option<String>,
     /// Items per Query page; `None` lets DynamoDB fill 1 MB pages.
@@ -334,6 +338,108 @@ impl ConnectionStore for DynamoDbStore {
                 .expression_attribute_values(":c", AttributeValue::S(key.connection_id.clone()))
         };
         Ok(self.query_all(query, record_from).await?.into_iter().next())
+    }
+
+    async fn revoked_before(&self, sub: &str) -> Result<Option<u64>, StoreError> {
+        // A strongly consistent Query on the whole key (as `record`): one
+        // item, the cost of a GetItem, and no permission beyond the Query
+        // every CONNECT role already has.
+        let key = super::revocation_key(sub);
+        let query = |query: QueryFluentBuilder| {
+            query
+                .consistent_read(true)
+                .key_condition_expression("#i = :i AND #c = :c")
+                .projection_expression("#r")
+                .expression_attribute_names("#i", INTEGRATION_ID)
+                .expression_attribute_names("#c", CONNECTION_ID)
+                .expression_attribute_names("#r", REVOKED_BEFORE)
+                .expression_attribute_values(":i", AttributeValue::S(key.integration_id.clone()))
+                .expression_attribute_values(":c", AttributeValue::S(key.connection_id.clone()))
+        };
+        let found = self
+            .query_all(query, |item| {
+                match item.get(REVOKED_BEFORE) {
+                    Some(AttributeValue::N(number)) => number.parse::<u64>().map_err(|_| ()),
+                    _ => Err(()),
+                }
+                .map_err(|()| {
+                    StoreError::Other(format!(
+                        "Query: a revocation without a numeric {REVOKED_BEFORE}"
+                    ))
+                })
+            })
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn revoke(&self, sub: &str, before: u64, expires_at: u64) -> Result<(), StoreError> {
+        let written = self
+            .client
+            .put_item()
+            .table_name(&self.options.table)
+            .set_item(Some(revocation_item(sub, before, expires_at)))
+            // Never move a revocation earlier (two operators, two clocks).
+            .condition_expression("attribute_not_exists(#r) OR #r <= :r")
+            .expression_attribute_names("#r", REVOKED_BEFORE)
+            .expression_attribute_values(":r", AttributeValue::N(before.to_string()))
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(service))
+                if service.err().code() == Some("ConditionalCheckFailedException") =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(classify("PutItem", error)),
+        }
+    }
+
+    async fn records_of_user(
+        &self,
+        integration_id: &str,
+        sub: &str,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
+        // The integration's partition, filtered: a filter saves transfer,
+        // not read capacity.
+        let query = |query: QueryFluentBuilder| {
+            query
+                .consistent_read(true)
+                .key_condition_expression("#i = :i")
+                .filter_expression("#s = :s")
+                .expression_attribute_names("#i", INTEGRATION_ID)
+                .expression_attribute_names("#s", SUB)
+                .expression_attribute_values(":i", AttributeValue::S(integration_id.to_owned()))
+                .expression_attribute_values(":s", AttributeValue::S(sub.to_owned()))
+        };
+        self.query_all(query, record_from).await
+    }
+
+    async fn records_of_sub(&self, sub: &str) -> Result<Vec<ConnectionRecord>, StoreError> {
+        // The index holds keys only; each record is then read whole (its
+        // endpoint says where to close it). One gone meanwhile is skipped.
+        let query = |query: QueryFluentBuilder| {
+            query
+                .index_name(&self.options.sub_index)
+                .key_condition_expression("#s = :s")
+                .expression_attribute_names("#s", SUB)
+                .expression_attribute_values(":s", AttributeValue::S(sub.to_owned()))
+        };
+        let keys = self
+            .query_all(query, |item| {
+                Ok(RecordKey {
+                    integration_id: string_attribute(item, INTEGRATION_ID)?,
+                    connection_id: string_attribute(item, CONNECTION_ID)?,
+                })
+            })
+            .await?;
+        let mut records = Vec::with_capacity(keys.len());
+        for key in &keys {
+            if let Some(record) = self.record(key).await? {
+                records.push(record);
+            }
+        }
+        Ok(records)
     }
 
     async fn delete(&self, keys: &[RecordKey]) -> Result<u32, StoreError> {
