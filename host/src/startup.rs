@@ -38,28 +38,37 @@ pub async fn start(options: StartOptions) -> anyhow::Result<Started> {
         engine,
         table,
     } = options;
-    let runtime = load_runtime(engine).await?;
-    let store: Arc<dyn ConnectionStore> = match table {
-        Some(table) => Arc::new(Measured::new(DynamoDbStore::connect(table).await)),
-        None => Arc::new(Measured::new(MemoryStore::new())),
+    // Three independent parts, at once: loading the component (a blocking
+    // thread), the store's client (the SDK's configuration chain) and the
+    // key set (a fetch). Lambda's init phase has up to two vCPUs.
+    let store = async {
+        let store: Arc<dyn ConnectionStore> = match table {
+            Some(table) => Arc::new(Measured::new(DynamoDbStore::connect(table).await)),
+            None => Arc::new(Measured::new(MemoryStore::new())),
+        };
+        store
     };
-
-    let (keys, dev): (Arc<dyn KeySetSource>, _) = match &mode {
-        TokenMode::Dev => {
-            let signer = tokio::task::spawn_blocking(DevSigner::generate).await??;
-            let keys = StaticKeySet::new(signer.jwks().to_owned(), "the dev key")?;
-            (Arc::new(keys), Some(Arc::new(signer)))
-        }
-        TokenMode::Cognito { jwks_url, .. } => {
-            let keys = key_set_source(jwks_url)?;
-            // Warm the cache so the first CONNECT does not wait; a failure
-            // here is not fatal, the next CONNECT tries again.
-            if let Err(reason) = keys.key_set(false).await {
-                tracing::warn!(%reason, "could not fetch the key set at start; will retry on demand");
+    let keys = async {
+        let keys: (Arc<dyn KeySetSource>, _) = match &mode {
+            TokenMode::Dev => {
+                let signer = tokio::task::spawn_blocking(DevSigner::generate).await??;
+                let keys = StaticKeySet::new(signer.jwks().to_owned(), "the dev key")?;
+                (Arc::new(keys), Some(Arc::new(signer)))
             }
-            (keys, None)
-        }
+            TokenMode::Cognito { jwks_url, .. } => {
+                let keys = key_set_source(jwks_url)?;
+                // Warm the cache so the first CONNECT does not wait; a
+                // failure here is not fatal, the next CONNECT tries again.
+                if let Err(reason) = keys.key_set(false).await {
+                    tracing::warn!(%reason, "could not fetch the key set at start; will retry on demand");
+                }
+                (keys, None)
+            }
+        };
+        anyhow::Ok(keys)
     };
+    let (runtime, store, keys) = tokio::join!(load_runtime(engine), store, keys);
+    let (runtime, (keys, dev)) = (runtime?, keys?);
     tracing::info!(
         keys = %keys.describe(),
         store = %store.describe(),
