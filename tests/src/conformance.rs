@@ -1066,11 +1066,8 @@ fn refresh_cases(b: &mut Builder, signer: &DevSigner) {
     let bob = old_record("acme", "r9", "bob");
 
     let newer = token("alice", json!(["acme", "initech"]), NOW - 10, NOW + 3590);
-    let mut c = b.case(
-        "refresh-brings-records-in-line",
-        "a newer token of the same sub: every group written with the new auth-expires-at, \
-         the dropped one deleted; the answer lists what was added and removed",
-        refresh("r1", Some(&newer), &current),
+    // What refreshing `current` to `newer` answers and leaves.
+    let newer_refreshed = || {
         refreshed(
             1000,
             &format!(
@@ -1078,15 +1075,25 @@ fn refresh_cases(b: &mut Builder, signer: &DevSigner) {
                 NOW + 3590
             ),
             Some(NOW + 3590),
-        ),
+        )
+    };
+    let newer_records = || {
+        vec![
+            refreshed_record("acme", "r1", "alice", NOW - 10, NOW + 3590),
+            refreshed_record("initech", "r1", "alice", NOW - 10, NOW + 3590),
+            bob.clone(),
+        ]
+    };
+    let mut c = b.case(
+        "refresh-brings-records-in-line",
+        "a newer token of the same sub: every group written with the new auth-expires-at, \
+         the dropped one deleted; the answer lists what was added and removed",
+        refresh("r1", Some(&newer), &current),
+        newer_refreshed(),
     );
     c.key_set_requests = vec![false];
     c.store_before = connected_before();
-    c.store_after = Some(vec![
-        refreshed_record("acme", "r1", "alice", NOW - 10, NOW + 3590),
-        refreshed_record("initech", "r1", "alice", NOW - 10, NOW + 3590),
-        bob.clone(),
-    ]);
+    c.store_after = Some(newer_records());
     b.push(c);
 
     // API Gateway: no token kept; one of the connection's records stands
@@ -1102,22 +1109,11 @@ fn refresh_cases(b: &mut Builder, signer: &DevSigner) {
         "without the current token, its record's sub, auth-issued-at and auth-expires-at \
          stand for it: a newer token is accepted as with the token",
         by_record(&newer),
-        refreshed(
-            1000,
-            &format!(
-                r#"{{"type":"refreshed","expiresAt":{},"added":["initech"],"removed":["globex"]}}"#,
-                NOW + 3590
-            ),
-            Some(NOW + 3590),
-        ),
+        newer_refreshed(),
     );
     c.key_set_requests = vec![false];
     c.store_before = connected_before();
-    c.store_after = Some(vec![
-        refreshed_record("acme", "r1", "alice", NOW - 10, NOW + 3590),
-        refreshed_record("initech", "r1", "alice", NOW - 10, NOW + 3590),
-        bob.clone(),
-    ]);
+    c.store_after = Some(newer_records());
     b.push(c);
 
     let resigned = {
@@ -1235,23 +1231,12 @@ fn refresh_cases(b: &mut Builder, signer: &DevSigner) {
         "refresh-issued-after-the-revocation",
         "a token issued after the revocation refreshes as usual",
         refresh("r1", Some(&newer), &current),
-        refreshed(
-            1000,
-            &format!(
-                r#"{{"type":"refreshed","expiresAt":{},"added":["initech"],"removed":["globex"]}}"#,
-                NOW + 3590
-            ),
-            Some(NOW + 3590),
-        ),
+        newer_refreshed(),
     );
     c.key_set_requests = vec![false];
     c.store_before = connected_before();
     c.revocations = vec![("alice".into(), NOW - 11)];
-    c.store_after = Some(vec![
-        refreshed_record("acme", "r1", "alice", NOW - 10, NOW + 3590),
-        refreshed_record("initech", "r1", "alice", NOW - 10, NOW + 3590),
-        bob.clone(),
-    ]);
+    c.store_after = Some(newer_records());
     b.push(c);
 
     let mut c = b.case(
