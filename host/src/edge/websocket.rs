@@ -524,6 +524,9 @@ pub async fn upgrade(
     };
     let (token, bearer) = upgrade_token(headers, query_token);
     let connection_id = new_connection_id();
+    // Every call for this socket follows its keys: its DISCONNECT deletes
+    // them without a GSI Query.
+    let handler = handler.for_socket(&connection_id);
     let registration = sockets.register(&connection_id);
     // The CONNECT's own `connectedAt` (the second it read), near enough.
     let connected_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
