@@ -197,6 +197,13 @@ pub const LONGEST_SOCKET_LIMIT: Duration = Duration::from_secs(366 * 24 * 3600);
 /// slot), so that a flood of tiny messages is bounded too.
 pub const QUEUED_MESSAGE_OVERHEAD: usize = 64;
 
+/// A socket's read buffer. tungstenite allocates it when the socket opens
+/// and zero-fills up to this much before every read, 128 KiB by default: a
+/// memset per incoming frame and 128 KiB of memory per socket. Clients send
+/// only pongs, close frames and refresh frames (at most 16 KiB, read in a
+/// few chunks), so 4 KiB is plenty.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// Why the server ends a socket: the close frame it sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ServerClose {
@@ -563,6 +570,7 @@ pub async fn upgrade(
     let failed = (handler.clone(), connection_id.clone());
     upgrade
         .max_message_size(sockets.limits.max_message_bytes)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_failed_upgrade(move |error| {
             // The records were stored; the socket never opened. (The slot
             // goes with the dropped `on_upgrade` callback.)
