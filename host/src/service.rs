@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::clock::unix_now;
 use crate::keys::KeySetSource;
-use crate::policy::{Capabilities, Connected, PolicyRuntime, Verdict};
+use crate::policy::{Capabilities, Connected, KnownKeys, PolicyRuntime, Verdict};
 use crate::store::{ConnectionStore, StoreError};
 use crate::telemetry;
 use crate::wit::types::{ConnectRequest, RefreshRequest, RefreshResponse, Response, Settings};
@@ -30,7 +30,11 @@ impl Handler {
     ) -> Self {
         Self {
             runtime,
-            caps: Capabilities { store, keys },
+            caps: Capabilities {
+                store,
+                keys,
+                socket: None,
+            },
             settings,
             answer_endpoint: None,
         }
@@ -41,6 +45,18 @@ impl Handler {
     pub fn with_answer_endpoint(mut self, endpoint: Option<String>) -> Self {
         self.answer_endpoint = endpoint.filter(|endpoint| !endpoint.is_empty());
         self
+    }
+
+    /// The handler of one self-hosted socket's calls (its CONNECT, its
+    /// refreshes, its DISCONNECT): they follow the keys they store and
+    /// delete for `connection_id`, so its DISCONNECT deletes them without a
+    /// GSI Query (the Query stays the fallback after a failed store call).
+    /// Only for a connection id this host drew: records that anything else
+    /// writes under it are not followed.
+    pub fn for_socket(&self, connection_id: &str) -> Self {
+        let mut handler = self.clone();
+        handler.caps.socket = Some(Arc::new(KnownKeys::new(connection_id)));
+        handler
     }
 
     /// See [`Handler::with_answer_endpoint`].

@@ -244,6 +244,7 @@ async fn run_case(runtime: &PolicyRuntime, case: &Value) -> Value {
     let caps = Capabilities {
         store: store.clone(),
         keys: keys.clone(),
+        socket: None,
     };
     let call = &case["call"];
     let name = str_of(case, "name");

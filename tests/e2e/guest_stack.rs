@@ -28,6 +28,7 @@ fn caps(jwks: String) -> Capabilities {
     Capabilities {
         store: Arc::new(MemoryStore::new()),
         keys: Arc::new(StaticKeySet::new(jwks, "test").unwrap()),
+        socket: None,
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures_util::{SinkExt, StreamExt};
+use gitgazer_ws_tests::fault_proxy::FaultProxy;
 use gitgazer_ws_tests::{
     binary_path, create_table, dynalite_endpoint, dynamodb_env, unique_table, unix_now,
 };
@@ -1260,4 +1261,111 @@ async fn refused_refreshes_close_with_their_code_and_leave_no_records() {
             "{class} not logged"
         );
     }
+}
+
+/// The (integration, connection) keys of `connection` for `integrations`,
+/// plus `others`.
+fn keys_with(
+    others: &BTreeSet<(String, String)>,
+    connection: &str,
+    integrations: &[&str],
+) -> BTreeSet<(String, String)> {
+    let mut keys = others.clone();
+    keys.extend(
+        integrations
+            .iter()
+            .map(|i| (i.to_string(), connection.to_owned())),
+    );
+    keys
+}
+
+/// A socket's close deletes the records its own calls wrote, by their
+/// keys: no GSI Query (counted at a proxy in front of dynalite), exactly
+/// the current records after a refresh that dropped and added groups, and
+/// also while the index lags behind fresh writes (every Query on it
+/// answered empty, as a GSI may on DynamoDB), when a Query would find
+/// nothing. HTTP `/disconnect` (API Gateway's way, with no socket) keeps
+/// the Query. Other connections' records stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sockets_close_deletes_its_records_by_their_keys_without_a_query() {
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-close-keys");
+    create_table(&endpoint, &table);
+    let proxy = FaultProxy::start(&endpoint).await;
+    let fixture = Fixture::start(&proxy.endpoint, &table, &[]);
+    let direct = client(&endpoint);
+    put_record(&direct, &table, "a", "bystander", unix_now() + 600).await;
+    let others = keys_with(&BTreeSet::new(), "bystander", &["a"]);
+    let queries = || proxy.requests("Query");
+
+    // Three groups: the close deletes all three, without a Query.
+    let token = dev_token(&fixture, "alice", "a,b,c", 600).await;
+    let mut socket = open_with_query(&fixture, &token).await;
+    let id = connections_of(&endpoint, &table, "b").await.remove(0);
+    assert_eq!(
+        keys(&scan(&endpoint, &table).await),
+        keys_with(&others, &id, &["a", "b", "c"])
+    );
+    socket.close(None).await.unwrap();
+    wait_for_table(&endpoint, &table, &others).await;
+    assert_eq!(queries(), 0, "the socket's close queried the index");
+
+    // A refresh to a, d (b and c dropped, d added): the close deletes
+    // exactly a and d.
+    let mut socket = open_with_query(&fixture, &token).await;
+    let id = connections_of(&endpoint, &table, "b").await.remove(0);
+    let second = dev_token(&fixture, "alice", "a,d", 600).await;
+    send_refresh(&mut socket, &second).await;
+    let answer: serde_json::Value = serde_json::from_str(
+        &next_answer(&mut socket, Duration::from_secs(5))
+            .await
+            .expect("an answer"),
+    )
+    .unwrap();
+    let names = |field: &str| -> BTreeSet<String> {
+        answer[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(answer["type"], "refreshed", "{answer}");
+    assert_eq!(names("added"), BTreeSet::from(["d".to_owned()]));
+    assert_eq!(
+        names("removed"),
+        BTreeSet::from(["b".to_owned(), "c".to_owned()])
+    );
+    wait_for_table(&endpoint, &table, &keys_with(&others, &id, &["a", "d"])).await;
+    socket.close(None).await.unwrap();
+    wait_for_table(&endpoint, &table, &others).await;
+    assert_eq!(queries(), 0, "the refresh or the close queried the index");
+
+    // The index lags: the socket's close still deletes its records; an
+    // HTTP CONNECT's /disconnect asks the index and finds none until it
+    // catches up.
+    proxy.lag_index(true);
+    let mut socket = open_with_query(&fixture, &token).await;
+    let id = connections_of(&endpoint, &table, "b").await.remove(0);
+    assert_eq!(fixture.connect(&token, "http-1").await.0, 200);
+    let with_http = keys_with(&others, "http-1", &["a", "b", "c"]);
+    assert_eq!(
+        keys(&scan(&endpoint, &table).await),
+        keys_with(&with_http, &id, &["a", "b", "c"])
+    );
+    socket.close(None).await.unwrap();
+    wait_for_table(&endpoint, &table, &with_http).await;
+    assert_eq!(queries(), 0);
+    assert_eq!(
+        fixture.disconnect("http-1").await,
+        (200, "No records to disconnect.".into())
+    );
+    assert_eq!(queries(), 1, "HTTP /disconnect keeps the Query");
+    proxy.lag_index(false);
+    assert_eq!(
+        fixture.disconnect("http-1").await,
+        (200, "Disconnected. Removed 3 records.".into())
+    );
+    assert_eq!(queries(), 2);
+    wait_for_table(&endpoint, &table, &others).await;
 }

@@ -16,9 +16,16 @@
 //! start && eval "$(scripts/dynalite env)"`) instead of the embedded store:
 //! a CONNECT is one BatchWriteItem, a DISCONNECT one GSI Query and one
 //! BatchWriteItem.
+//!
+//! `LOAD_PAIRS_SOCKETS=1` makes each pair a self-hosted socket's lifetime
+//! instead: open `/ws?idToken=…` (the CONNECT, then the upgrade), send a
+//! close frame and wait until the server drops the TCP connection, which it
+//! does once the socket's DISCONNECT has run. Each socket is a new TCP
+//! connection, as a browser's would be.
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use gitgazer_ws_tests::Server;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -30,6 +37,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let clients: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(16);
     let seconds: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(10);
+    let sockets = std::env::var_os("LOAD_PAIRS_SOCKETS").is_some();
 
     // Default settings, logging included (info).
     let server = if std::env::var_os("LOAD_PAIRS_DYNAMODB").is_some() {
@@ -64,17 +72,22 @@ async fn main() {
                     if now >= measure_until {
                         break;
                     }
-                    let connection_id = format!("load-{client}-{pair}");
-                    let connect = timed_get(
-                        &mut http,
-                        &format!("/connect?idToken={token}&connectionId={connection_id}"),
-                    )
-                    .await;
-                    let disconnect = timed_get(
-                        &mut http,
-                        &format!("/disconnect?connectionId={connection_id}"),
-                    )
-                    .await;
+                    let (connect, disconnect) = if sockets {
+                        socket_lifetime(&address, &token).await
+                    } else {
+                        let connection_id = format!("load-{client}-{pair}");
+                        let connect = timed_get(
+                            &mut http,
+                            &format!("/connect?idToken={token}&connectionId={connection_id}"),
+                        )
+                        .await;
+                        let disconnect = timed_get(
+                            &mut http,
+                            &format!("/disconnect?connectionId={connection_id}"),
+                        )
+                        .await;
+                        (connect, disconnect)
+                    };
                     if now >= measure_from {
                         samples.connect.push(connect);
                         samples.disconnect.push(disconnect);
@@ -101,8 +114,9 @@ async fn main() {
     let elapsed = measure_until
         .saturating_duration_since(measure_from)
         .as_secs_f64();
+    let what = if sockets { "socket lifetime" } else { "pair" };
     println!(
-        "{clients} clients, {seconds} s: {} pairs, {:.0} pairs/s; server CPU {:.0} µs per pair; \
+        "{clients} clients, {seconds} s: {} {what}s, {:.0}/s; server CPU {:.0} µs per {what}; \
          server peak RSS {:.1} MiB",
         all.pair.len(),
         all.pair.len() as f64 / elapsed,
@@ -110,7 +124,7 @@ async fn main() {
         server.peak_rss_kib() as f64 / 1024.0
     );
     for (name, samples) in [
-        ("pair", &mut all.pair),
+        (what, &mut all.pair),
         ("CONNECT", &mut all.connect),
         ("DISCONNECT", &mut all.disconnect),
     ] {
@@ -135,6 +149,26 @@ struct Samples {
     connect: Vec<Duration>,
     disconnect: Vec<Duration>,
     pair: Vec<Duration>,
+}
+
+/// A self-hosted socket's lifetime: the upgrade (CONNECT) and the close
+/// until the server drops the connection (after the DISCONNECT).
+async fn socket_lifetime(address: &str, token: &str) -> (Duration, Duration) {
+    use tokio::io::AsyncReadExt as _;
+    let started = Instant::now();
+    let (mut socket, response) =
+        tokio_tungstenite::connect_async(format!("ws://{address}/ws?idToken={token}"))
+            .await
+            .expect("upgrade");
+    assert_eq!(response.status(), 101);
+    let open = started.elapsed();
+    let started = Instant::now();
+    socket.close(None).await.expect("close frame sent");
+    while let Some(Ok(_)) = socket.next().await {}
+    let mut tcp = socket.into_inner();
+    let mut rest = [0u8; 64];
+    while matches!(tcp.read(&mut rest).await, Ok(n) if n > 0) {}
+    (open, started.elapsed())
 }
 
 /// A keep-alive HTTP/1.1 connection to the server.

@@ -4,9 +4,12 @@
 //! retries and the store's own resubmissions all run for real.
 //!
 //! Put batches get the [`PutFault`]s; deletes (rollbacks, DISCONNECTs) and
-//! Queries pass unless a test throttles them ([`FaultProxy::throttle`]) or
-//! holds deletes as a paused store would ([`FaultProxy::pause_deletes`]).
+//! Queries pass unless a test throttles them ([`FaultProxy::throttle`]),
+//! holds deletes as a paused store would ([`FaultProxy::pause_deletes`]) or
+//! has the index lag ([`FaultProxy::lag_index`]). Every request is counted
+//! by operation ([`FaultProxy::requests`]).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -48,6 +51,10 @@ struct ProxyState {
     throttle_deletes: bool,
     /// Delete batches that arrived while deletes were paused.
     deletes_held: u32,
+    /// Answer every Query on an index with no items.
+    index_lags: bool,
+    /// Requests received, by operation (`Query`, `BatchWriteItem`, ...).
+    requests: HashMap<String, u32>,
 }
 
 /// Requests other than put batches that [`FaultProxy::throttle`] can fault.
@@ -113,6 +120,21 @@ impl FaultProxy {
         self.deletes_paused.send_replace(paused);
     }
 
+    /// Answers every Query on an index with no items, without asking
+    /// upstream, as a global secondary index that has not caught up with
+    /// fresh writes would (DynamoDB's are eventually consistent, dynalite's
+    /// are not), or stops doing so.
+    pub fn lag_index(&self, on: bool) {
+        self.state.lock().unwrap().index_lags = on;
+    }
+
+    /// Requests received so far (faulted ones included) whose
+    /// `X-Amz-Target` names `operation`: `Query`, `BatchWriteItem`, ...
+    pub fn requests(&self, operation: &str) -> u32 {
+        let state = self.state.lock().unwrap();
+        state.requests.get(operation).copied().unwrap_or(0)
+    }
+
     /// Delete batches that arrived while deletes were paused.
     pub fn deletes_held(&self) -> u32 {
         self.state.lock().unwrap().deletes_held
@@ -160,8 +182,13 @@ async fn forward(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
     let mut unprocessed: Option<(String, Vec<Value>)> = None;
     {
         let mut state = shared.state.lock().unwrap();
+        let operation = target.rsplit('.').next().unwrap_or_default();
+        *state.requests.entry(operation.to_owned()).or_default() += 1;
         if state.down {
             return upstream_down();
+        }
+        if is_query && state.index_lags && body_names_an_index(&body) {
+            return lagging_index();
         }
         if (is_query && state.throttle_queries) || (is_delete_batch && state.throttle_deletes) {
             state.faults_injected += 1;
@@ -249,6 +276,21 @@ async fn forward(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
         answer["UnprocessedItems"] = json!({ table: rest });
     }
     (status, [("content-type", JSON_1_0)], answer.to_string()).into_response()
+}
+
+fn body_names_an_index(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body).is_ok_and(|v| v.get("IndexName").is_some())
+}
+
+/// A Query answer with no items.
+fn lagging_index() -> Response {
+    let empty = json!({ "Count": 0, "Items": [], "ScannedCount": 0 });
+    (
+        StatusCode::OK,
+        [("content-type", JSON_1_0)],
+        empty.to_string(),
+    )
+        .into_response()
 }
 
 fn upstream_down() -> Response {

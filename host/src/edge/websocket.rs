@@ -197,6 +197,13 @@ pub const LONGEST_SOCKET_LIMIT: Duration = Duration::from_secs(366 * 24 * 3600);
 /// slot), so that a flood of tiny messages is bounded too.
 pub const QUEUED_MESSAGE_OVERHEAD: usize = 64;
 
+/// A socket's read buffer. tungstenite allocates it when the socket opens
+/// and zero-fills up to this much before every read, 128 KiB by default: a
+/// memset per incoming frame and 128 KiB of memory per socket. Clients send
+/// only pongs, close frames and refresh frames (at most 16 KiB, read in a
+/// few chunks), so 4 KiB is plenty.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// Why the server ends a socket: the close frame it sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ServerClose {
@@ -540,6 +547,9 @@ pub async fn upgrade(
     };
     let (token, bearer) = upgrade_token(headers, query_token);
     let connection_id = new_connection_id();
+    // Every call for this socket follows its keys: its DISCONNECT deletes
+    // them without a GSI Query.
+    let handler = handler.for_socket(&connection_id);
     let registration = sockets.register(&connection_id);
     // The CONNECT's own `connectedAt` (the second it read), near enough.
     let connected_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
@@ -576,6 +586,7 @@ pub async fn upgrade(
     let failed = (handler.clone(), connection_id.clone());
     upgrade
         .max_message_size(sockets.limits.max_message_bytes)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_failed_upgrade(move |error| {
             // The records were stored; the socket never opened. (The slot
             // goes with the dropped `on_upgrade` callback.)

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::StoreLimits;
 
+use super::known_keys::KnownKeys;
 use crate::keys::KeySetSource;
 use crate::store::{ConnectionRecord, ConnectionStore, RecordKey};
 
@@ -19,6 +20,10 @@ use crate::store::{ConnectionRecord, ConnectionStore, RecordKey};
 pub struct Capabilities {
     pub store: Arc<dyn ConnectionStore>,
     pub keys: Arc<dyn KeySetSource>,
+    /// The keys of a self-hosted socket's records, for the requests of that
+    /// socket: they record what they store and delete, and its `keys-of` is
+    /// answered from them. `None`: `keys-of` always asks the store.
+    pub socket: Option<Arc<KnownKeys>>,
 }
 
 /// Store data for one guest instance.

@@ -1,10 +1,13 @@
 //! `connections`: the record store (`crate::store`). What a request stores
-//! goes into its ledger, so a trap after the write can undo it.
+//! goes into its ledger, so a trap after the write can undo it. A
+//! self-hosted socket's calls also follow its keys ([`KnownKeys`]) and
+//! answer its `keys-of` from them, without a Query.
 
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
+use crate::policy::known_keys::KnownKeys;
 use crate::policy::request::{GuestClock, Ledger, RequestState};
 use crate::store::ConnectionStore;
 use crate::wit::connections;
@@ -15,6 +18,8 @@ pub struct ConnectionsHost<'a> {
     request_id: &'a str,
     clock: &'a mut GuestClock,
     ledger: &'a mut Ledger,
+    /// The socket's keys, when the request is one of a self-hosted socket's.
+    known: Option<&'a KnownKeys>,
 }
 
 struct Connections;
@@ -29,12 +34,17 @@ pub fn add_to_linker(linker: &mut Linker<RequestState>) -> wasmtime::Result<()> 
         request_id: &state.request_id,
         clock: &mut state.clock,
         ledger: &mut state.ledger,
+        known: state.caps.socket.as_deref(),
     })
 }
 
 impl connections::Host for ConnectionsHost<'_> {
     async fn put_all(&mut self, records: Vec<ConnectionRecord>) -> Result<(), StoreError> {
+        let change = self.known.map(|known| known.storing(&records));
         let result = self.clock.wait(self.store.put_all(&records)).await;
+        if let Some(change) = change {
+            change.finish(result.is_ok());
+        }
         if result.is_ok() {
             self.ledger.stored(&records);
         }
@@ -42,12 +52,22 @@ impl connections::Host for ConnectionsHost<'_> {
     }
 
     async fn keys_of(&mut self, connection_id: String) -> Result<Vec<RecordKey>, StoreError> {
-        let result = self.clock.wait(self.store.keys_of(&connection_id)).await;
+        if let Some(keys) = self.known.and_then(|known| known.keys_of(&connection_id)) {
+            return Ok(keys);
+        }
+        let mut result = self.clock.wait(self.store.keys_of(&connection_id)).await;
+        if let (Some(known), Ok(found)) = (self.known, result.as_mut()) {
+            known.merge(&connection_id, found);
+        }
         result.inspect_err(|e| self.report(e))
     }
 
     async fn delete(&mut self, keys: Vec<RecordKey>) -> Result<u32, StoreError> {
+        let change = self.known.map(|known| known.deleting(&keys));
         let result = self.clock.wait(self.store.delete(&keys)).await;
+        if let Some(change) = change {
+            change.finish(result.is_ok());
+        }
         result.inspect_err(|e| self.report(e))
     }
 

@@ -109,6 +109,14 @@ impl DynamoDbStore {
                     .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                     .operation_timeout(Duration::from_secs(8))
                     .build(),
+            )
+            // Stalled-stream protection fails a body that moves under 1 B/s
+            // for 5 s; every attempt here, its small bodies included, is cut
+            // at 3 s anyway (and retried), so it only added a throughput
+            // check with its own timers to every request and response body
+            // (about 4 % of a socket lifetime's CPU, BENCHMARKS.md).
+            .stalled_stream_protection(
+                aws_config::stalled_stream_protection::StalledStreamProtectionConfig::disabled(),
             );
         if let Some(region) = &options.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
