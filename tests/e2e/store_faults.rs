@@ -218,6 +218,9 @@ impl ConnectionStore for FlakyStore {
     async fn records_of(&self, integration_id: &str) -> Result<Vec<ConnectionRecord>, StoreError> {
         self.records.records_of(integration_id).await
     }
+    async fn revoked_before(&self, sub: &str) -> Result<Option<u64>, StoreError> {
+        self.records.revoked_before(sub).await
+    }
     fn describe(&self) -> String {
         "flaky".into()
     }
