@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures_util::{SinkExt, StreamExt};
-use gitgazer_ws_tests::fault_proxy::FaultProxy;
+use gitgazer_ws_tests::fault_proxy::{FaultProxy, INDEX_QUERY};
 use gitgazer_ws_tests::{
     binary_path, create_table, dynalite_endpoint, dynamodb_env, unique_table, unix_now,
 };
@@ -1296,7 +1296,8 @@ async fn a_sockets_close_deletes_its_records_by_their_keys_without_a_query() {
     let direct = client(&endpoint);
     put_record(&direct, &table, "a", "bystander", unix_now() + 600).await;
     let others = keys_with(&BTreeSet::new(), "bystander", &["a"]);
-    let queries = || proxy.requests("Query");
+    // (A CONNECT reads the user's revocation with a Query of the table.)
+    let queries = || proxy.requests(INDEX_QUERY);
 
     // Three groups: the close deletes all three, without a Query.
     let token = dev_token(&fixture, "alice", "a,b,c", 600).await;

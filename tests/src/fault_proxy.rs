@@ -129,7 +129,8 @@ impl FaultProxy {
     }
 
     /// Requests received so far (faulted ones included) whose
-    /// `X-Amz-Target` names `operation`: `Query`, `BatchWriteItem`, ...
+    /// `X-Amz-Target` names `operation`: `Query`, `BatchWriteItem`, ...;
+    /// [`INDEX_QUERY`]: the Queries of an index among them.
     pub fn requests(&self, operation: &str) -> u32 {
         let state = self.state.lock().unwrap();
         state.requests.get(operation).copied().unwrap_or(0)
@@ -184,6 +185,9 @@ async fn forward(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
         let mut state = shared.state.lock().unwrap();
         let operation = target.rsplit('.').next().unwrap_or_default();
         *state.requests.entry(operation.to_owned()).or_default() += 1;
+        if is_query && body_names_an_index(&body) {
+            *state.requests.entry(INDEX_QUERY.to_owned()).or_default() += 1;
+        }
         if state.down {
             return upstream_down();
         }
@@ -277,6 +281,10 @@ async fn forward(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
     }
     (status, [("content-type", JSON_1_0)], answer.to_string()).into_response()
 }
+
+/// What [`FaultProxy::requests`] counts Queries of an index under (a
+/// CONNECT's revocation check is a Query of the table itself).
+pub const INDEX_QUERY: &str = "Query on an index";
 
 fn body_names_an_index(body: &[u8]) -> bool {
     serde_json::from_slice::<Value>(body).is_ok_and(|v| v.get("IndexName").is_some())
