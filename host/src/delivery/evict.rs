@@ -165,12 +165,20 @@ pub async fn evict(
                 continue;
             }
         };
+        // A node found unreachable (its attempts spent) fails the rest of
+        // its connections at once, as a delivery does.
+        let mut unreachable = false;
         for connection_id in connections.into_keys() {
+            if unreachable {
+                report.failed += 1;
+                continue;
+            }
             match close(&*route.sender, &connection_id, eviction.call_timeout).await {
                 Ok(()) => report.closed += 1,
                 Err(SendError::Gone) => report.gone += 1,
                 Err(error) => {
                     tracing::warn!(connection_id, ?error, "could not close a connection");
+                    unreachable = matches!(error, SendError::Unreachable(_));
                     report.failed += 1;
                 }
             }
@@ -396,6 +404,26 @@ mod tests {
         assert_eq!((report.closed, report.failed), (0, 1));
         assert!(!report.is_complete());
         assert_eq!(closer.closes.lock().unwrap().len(), 3, "retried");
+
+        // An unreachable node: its first connection spends the attempts,
+        // the rest fail without a call.
+        store
+            .put_all(&[record("a", "c1", "alice"), record("a", "c2", "alice")])
+            .await
+            .unwrap();
+        let closer = Arc::new(Closer {
+            answers: [
+                ("c1".to_owned(), SendError::Unreachable("refused".into())),
+                ("c2".to_owned(), SendError::Unreachable("refused".into())),
+            ]
+            .into(),
+            ..Closer::default()
+        });
+        let report = evict(&store, &routes(closer.clone()), &eviction("alice", &[]))
+            .await
+            .unwrap();
+        assert_eq!((report.connections, report.failed), (2, 2));
+        assert_eq!(closer.closes.lock().unwrap().len(), 3, "c1's attempts only");
 
         // No route at all (no endpoint, no fallback): failed, records gone.
         store.put_all(&[record("a", "c1", "alice")]).await.unwrap();
