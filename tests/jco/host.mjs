@@ -30,16 +30,7 @@ const keyOf = (integrationId, connectionId) => JSON.stringify([integrationId, co
 export function beginCase({ keySet, refreshedKeySet, storeBefore, storeFailure, revocations }) {
   const records = new Map();
   for (const r of storeBefore) {
-    records.set(keyOf(r['integration-id'], r['connection-id']), {
-      integrationId: r['integration-id'],
-      connectionId: r['connection-id'],
-      sub: r.sub,
-      connectedAt: r['connected-at'],
-      expiresAt: BigInt(r['expires-at']),
-      endpoint: r.endpoint,
-      authExpiresAt: r['auth-expires-at'] === undefined ? undefined : BigInt(r['auth-expires-at']),
-      authIssuedAt: r['auth-issued-at'] === undefined ? undefined : BigInt(r['auth-issued-at']),
-    });
+    records.set(keyOf(r['integration-id'], r['connection-id']), recordFromCase(r));
   }
   current = {
     keySet,
