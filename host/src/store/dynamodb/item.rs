@@ -154,3 +154,16 @@ pub(super) fn string_attribute(
         ))),
     }
 }
+
+/// The key a write request names (every request built here names one).
+pub(super) fn request_key(request: &WriteRequest) -> Option<RecordKey> {
+    let attributes = match (&request.put_request, &request.delete_request) {
+        (Some(put), _) => &put.item,
+        (None, Some(delete)) => &delete.key,
+        (None, None) => return None,
+    };
+    Some(RecordKey {
+        integration_id: string_attribute(attributes, INTEGRATION_ID).ok()?,
+        connection_id: string_attribute(attributes, CONNECTION_ID).ok()?,
+    })
+}

@@ -5,9 +5,12 @@
 //! - the SDK (standard retry mode, [`SDK_MAX_ATTEMPTS`] attempts with
 //!   jittered backoff) retries whole requests that fail with throttling or
 //!   transient errors; when it gives up, the error is final for us too;
-//! - this module resubmits `UnprocessedItems` (a *successful* BatchWriteItem
+//! - `batches` resubmits `UnprocessedItems` (a *successful* BatchWriteItem
 //!   answer that the SDK cannot see as a failure) with exponential backoff
 //!   and full jitter, bounded in attempts and in total time.
+//!
+//! Concurrent writes share BatchWriteItem calls (`batches`: a call costs
+//! about as much CPU for one item as for 25); puts and deletes queue apart.
 //!
 //! `put_all` is all-or-nothing: when a chunk cannot be written, every chunk
 //! attempted so far is deleted again before the error is returned; a delete
@@ -16,10 +19,11 @@
 //! records on real DynamoDB; `expiresAt` bounds how long a missed one lives.
 
 mod admin;
+mod batches;
 mod item;
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
@@ -32,6 +36,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, WriteRequest};
 use super::rollback::{Pending, RecentUncertain, RollbackRetrier, RollbackRetry};
 use super::{ConnectionRecord, ConnectionStore, RecordKey, StoreError};
 use crate::retry::Backoff;
+use batches::{SendBatch, SharedBatches};
 use item::{
     CONNECTION_ID, INTEGRATION_ID, REVOKED_BEFORE, SUB, delete_request, put_request, record_from,
     revocation_item, string_attribute,
@@ -88,6 +93,8 @@ pub struct DynamoDbOptions {
 pub struct DynamoDbStore {
     client: Client,
     options: DynamoDbOptions,
+    puts: SharedBatches<Calls>,
+    deletes: SharedBatches<Calls>,
     rollbacks: RollbackRetrier,
     recent_uncertain: RecentUncertain,
 }
@@ -122,55 +129,21 @@ impl DynamoDbStore {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
         let config = loader.load().await;
+        let client = Client::new(&config);
+        let batches = || {
+            let calls = Calls {
+                client: client.clone(),
+                table: options.table.clone(),
+            };
+            SharedBatches::new(calls, options.unprocessed_retry.clone(), ATTEMPT_TIMEOUT)
+        };
         Self {
-            client: Client::new(&config),
+            puts: batches(),
+            deletes: batches(),
+            client,
             rollbacks: RollbackRetrier::new(options.rollback_retry.clone()),
             recent_uncertain: RecentUncertain::default(),
             options,
-        }
-    }
-
-    /// Writes the requests, resubmitting `UnprocessedItems` until none are
-    /// left or the retry budget is spent.
-    async fn write_batch(&self, mut pending: Vec<WriteRequest>) -> Result<(), StoreError> {
-        let retry = &self.options.unprocessed_retry;
-        let started = Instant::now();
-        let mut resubmissions = 0;
-        loop {
-            let output = self
-                .client
-                .batch_write_item()
-                .request_items(&self.options.table, pending)
-                .send()
-                .await
-                .map_err(|e| classify("BatchWriteItem", e))?;
-            let unprocessed = output
-                .unprocessed_items
-                .and_then(|mut items| items.remove(&self.options.table))
-                .unwrap_or_default();
-            if unprocessed.is_empty() {
-                return Ok(());
-            }
-            resubmissions += 1;
-            let delay = retry.backoff.delay(resubmissions);
-            if resubmissions > retry.max_resubmissions
-                || started.elapsed() + delay > retry.total_budget
-            {
-                return Err(StoreError::Throttled(format!(
-                    "BatchWriteItem: {} items still unprocessed after {} resubmissions",
-                    unprocessed.len(),
-                    resubmissions - 1
-                )));
-            }
-            tracing::debug!(
-                items = unprocessed.len(),
-                resubmissions,
-                delay_ms = delay.as_millis() as u64,
-                "resubmitting unprocessed items"
-            );
-            tokio::time::sleep(delay).await;
-            crate::telemetry::unprocessed_resubmitted(unprocessed.len());
-            pending = unprocessed;
         }
     }
 
@@ -260,10 +233,34 @@ impl DynamoDbStore {
                 .iter()
                 .map(delete_request)
                 .collect::<Result<Vec<_>, _>>()?;
-            self.write_batch(requests).await?;
+            self.deletes.write(requests).await.result?;
             deleted += chunk.len() as u32;
         }
         Ok(deleted)
+    }
+}
+
+/// The BatchWriteItem calls the queues send.
+#[derive(Clone)]
+struct Calls {
+    client: Client,
+    table: String,
+}
+
+#[async_trait::async_trait]
+impl SendBatch for Calls {
+    async fn send(&self, requests: Vec<WriteRequest>) -> Result<Vec<WriteRequest>, StoreError> {
+        let output = self
+            .client
+            .batch_write_item()
+            .request_items(&self.table, requests)
+            .send()
+            .await
+            .map_err(|e| classify("BatchWriteItem", e))?;
+        Ok(output
+            .unprocessed_items
+            .and_then(|mut items| items.remove(&self.table))
+            .unwrap_or_default())
     }
 }
 
@@ -280,10 +277,9 @@ impl ConnectionStore for DynamoDbStore {
                 .iter()
                 .map(put_request)
                 .collect::<Result<Vec<_>, _>>()?;
-            let started = Instant::now();
-            let result = self.write_batch(requests).await;
-            outlived_an_attempt |= started.elapsed() >= ATTEMPT_TIMEOUT;
-            if let Err(error) = result {
+            let written = self.puts.write(requests).await;
+            outlived_an_attempt |= written.outlived_an_attempt;
+            if let Err(error) = written.result {
                 // All or nothing: remove what this call may have written. A
                 // timeout or a lost connection leaves the write's outcome
                 // unknown: it may still land, so the rollback is confirmed.
