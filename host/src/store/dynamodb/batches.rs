@@ -8,7 +8,10 @@
 //! way goes out at once: an idle store makes nobody wait for company, and a
 //! busy one adds at most one call's time to a write. More calls run at once
 //! only when the queue holds a full batch (up to [`MAX_CALLS`]), so a
-//! saturated store is bounded by DynamoDB's latency, not by one call.
+//! saturated store is bounded by DynamoDB's latency, not by one call, or
+//! when the call under way is stalled (retries, a slow partition: longer
+//! than [`STALLED_AFTER`]), so one slow call does not hold back the writes
+//! behind it.
 //!
 //! Each write keeps its own outcome: `UnprocessedItems` are mapped back to
 //! their writes by key and resubmitted (with backoff, within the budget), a
@@ -31,6 +34,9 @@ use crate::store::{RecordKey, StoreError};
 
 /// Calls under way at once, at most, per queue.
 pub const MAX_CALLS: usize = 4;
+
+/// A call under way this long no longer holds back the writes behind it.
+pub const STALLED_AFTER: Duration = Duration::from_millis(100);
 
 /// Sends one BatchWriteItem; answers the requests left unprocessed.
 #[async_trait::async_trait]
@@ -64,6 +70,7 @@ struct Inner<S> {
     sender: S,
     retry: UnprocessedRetry,
     attempt_timeout: Duration,
+    stalled_after: Duration,
     queue: Mutex<Queue>,
 }
 
@@ -74,6 +81,8 @@ struct Queue {
     requests: usize,
     /// Calls under way (each a task that drains the queue).
     calls: usize,
+    /// Of those, the ones under way longer than `stalled_after`.
+    stalled: usize,
 }
 
 struct Write {
@@ -84,12 +93,18 @@ struct Write {
 }
 
 impl<S: SendBatch> SharedBatches<S> {
-    pub fn new(sender: S, retry: UnprocessedRetry, attempt_timeout: Duration) -> Self {
+    pub fn new(
+        sender: S,
+        retry: UnprocessedRetry,
+        attempt_timeout: Duration,
+        stalled_after: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 sender,
                 retry,
                 attempt_timeout,
+                stalled_after,
                 queue: Mutex::default(),
             }),
         }
@@ -115,12 +130,7 @@ impl<S: SendBatch> SharedBatches<S> {
                 keys,
                 done,
             });
-            let start =
-                queue.calls == 0 || (queue.requests >= BATCH_LIMIT && queue.calls < MAX_CALLS);
-            if start {
-                queue.calls += 1;
-                tokio::spawn(self.inner.clone().drain());
-            }
+            self.inner.start_call_if_needed(&mut queue);
         }
         answer.await.unwrap_or_else(|_| Written {
             // The call's task ended without an answer (the runtime is
@@ -138,6 +148,16 @@ impl<S: SendBatch> Inner<S> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Starts a call for what waits when no call under way will take it
+    /// soon enough.
+    fn start_call_if_needed(self: &Arc<Self>, queue: &mut Queue) {
+        let needed = queue.calls == queue.stalled || queue.requests >= BATCH_LIMIT;
+        if needed && !queue.writes.is_empty() && queue.calls < MAX_CALLS {
+            queue.calls += 1;
+            tokio::spawn(self.clone().drain());
+        }
+    }
+
     /// Sends calls until the queue is empty.
     async fn drain(self: Arc<Self>) {
         loop {
@@ -150,7 +170,20 @@ impl<S: SendBatch> Inner<S> {
                 }
                 batch
             };
-            self.call(batch).await;
+            let call = self.call(batch);
+            tokio::pin!(call);
+            if tokio::time::timeout(self.stalled_after, &mut call)
+                .await
+                .is_err()
+            {
+                {
+                    let mut queue = self.lock();
+                    queue.stalled += 1;
+                    self.start_call_if_needed(&mut queue);
+                }
+                call.await;
+                self.lock().stalled -= 1;
+            }
         }
     }
 
@@ -317,7 +350,13 @@ mod tests {
             },
             total_budget: Duration::from_secs(5),
         };
-        SharedBatches::new(sender, retry, Duration::from_secs(3))
+        // Calls held by the test's gate are not stalled.
+        SharedBatches::new(
+            sender,
+            retry,
+            Duration::from_secs(3),
+            Duration::from_secs(60),
+        )
     }
 
     fn puts(connection: &str, groups: usize) -> Vec<WriteRequest> {
@@ -466,5 +505,38 @@ mod tests {
             "{written:?}"
         );
         assert_eq!(sizes(&sender), vec![1, 2]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_call_does_not_hold_back_the_writes_behind_it() {
+        let sender = Scripted::default();
+        let queue = SharedBatches::new(
+            sender.clone(),
+            UnprocessedRetry::default(),
+            Duration::from_secs(3),
+            Duration::from_millis(20),
+        );
+        sender.gate.send_replace(false);
+        let write = |connection: &'static str| {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.write(puts(connection, 1)).await })
+        };
+        let first = write("first");
+        while sizes(&sender).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // The first call is held past the stall time: the next write gets a
+        // call of its own instead of waiting behind it.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let second = write("second");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sizes(&sender).len() < 2 {
+            assert!(Instant::now() < deadline, "the second write waited");
+            tokio::task::yield_now().await;
+        }
+        sender.gate.send_replace(true);
+        assert!(first.await.unwrap().result.is_ok());
+        assert!(second.await.unwrap().result.is_ok());
+        assert_eq!(sizes(&sender), vec![1, 1]);
     }
 }

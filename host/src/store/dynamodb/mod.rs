@@ -135,7 +135,12 @@ impl DynamoDbStore {
                 client: client.clone(),
                 table: options.table.clone(),
             };
-            SharedBatches::new(calls, options.unprocessed_retry.clone(), ATTEMPT_TIMEOUT)
+            SharedBatches::new(
+                calls,
+                options.unprocessed_retry.clone(),
+                ATTEMPT_TIMEOUT,
+                batches::STALLED_AFTER,
+            )
         };
         Self {
             puts: batches(),
