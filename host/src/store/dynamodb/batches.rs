@@ -1,17 +1,5 @@
-//! BatchWriteItem calls shared by concurrent writes (a group commit).
-//!
-//! A DynamoDB call costs about 200 µs of CPU here whatever it carries
-//! (BENCHMARKS.md, issue 25), and a CONNECT or a DISCONNECT writes only a
-//! few items. So concurrent writes share calls: while a call is under way,
-//! new writes wait in a queue, and the next call takes as many whole writes
-//! as fit in its [`BATCH_LIMIT`] requests. A write that finds no call under
-//! way goes out at once: an idle store makes nobody wait for company, and a
-//! busy one adds at most one call's time to a write. More calls run at once
-//! only when the queue holds a full batch (up to [`MAX_CALLS`]), so a
-//! saturated store is bounded by DynamoDB's latency, not by one call, or
-//! when the call under way is stalled (retries, a slow partition: longer
-//! than [`STALLED_AFTER`]), so one slow call does not hold back the writes
-//! behind it.
+//! BatchWriteItem calls shared by concurrent writes (`group`: a write
+//! waits only while a call is under way, then shares the next one).
 //!
 //! Each write keeps its own outcome: `UnprocessedItems` are mapped back to
 //! their writes by key and resubmitted (with backoff, within the budget), a
@@ -21,22 +9,16 @@
 //! No call holds the same key twice (BatchWriteItem refuses it, and two
 //! writes of one key keep their order): such a write waits for the next.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::WriteRequest;
 use tokio::sync::oneshot;
 
+use super::group::{Calls, Group};
 use super::item::request_key;
 use super::{BATCH_LIMIT, UnprocessedRetry};
 use crate::store::{RecordKey, StoreError};
-
-/// Calls under way at once, at most, per queue.
-pub const MAX_CALLS: usize = 4;
-
-/// A call under way this long no longer holds back the writes behind it.
-pub const STALLED_AFTER: Duration = Duration::from_millis(100);
 
 /// Sends one BatchWriteItem; answers the requests left unprocessed.
 #[async_trait::async_trait]
@@ -53,39 +35,26 @@ pub struct Written {
     pub outlived_an_attempt: bool,
 }
 
-/// One queue of writes and the calls that carry them.
-pub struct SharedBatches<S> {
-    inner: Arc<Inner<S>>,
+/// One queue of writes (puts, or deletes) and the calls that carry them.
+pub struct SharedBatches<S: SendBatch> {
+    group: Group<WriteCalls<S>>,
 }
 
-impl<S> Clone for SharedBatches<S> {
+impl<S: SendBatch> Clone for SharedBatches<S> {
     fn clone(&self) -> Self {
         Self {
-            inner: self.inner.clone(),
+            group: self.group.clone(),
         }
     }
 }
 
-struct Inner<S> {
+pub struct WriteCalls<S> {
     sender: S,
     retry: UnprocessedRetry,
     attempt_timeout: Duration,
-    stalled_after: Duration,
-    queue: Mutex<Queue>,
 }
 
-#[derive(Default)]
-struct Queue {
-    writes: VecDeque<Write>,
-    /// Requests in `writes`.
-    requests: usize,
-    /// Calls under way (each a task that drains the queue).
-    calls: usize,
-    /// Of those, the ones under way longer than `stalled_after`.
-    stalled: usize,
-}
-
-struct Write {
+pub struct Write {
     requests: Vec<WriteRequest>,
     /// `None` when a request names no key (never for requests built here).
     keys: Option<Vec<RecordKey>>,
@@ -99,14 +68,13 @@ impl<S: SendBatch> SharedBatches<S> {
         attempt_timeout: Duration,
         stalled_after: Duration,
     ) -> Self {
+        let calls = WriteCalls {
+            sender,
+            retry,
+            attempt_timeout,
+        };
         Self {
-            inner: Arc::new(Inner {
-                sender,
-                retry,
-                attempt_timeout,
-                stalled_after,
-                queue: Mutex::default(),
-            }),
+            group: Group::new(calls, stalled_after),
         }
     }
 
@@ -121,17 +89,12 @@ impl<S: SendBatch> SharedBatches<S> {
             };
         }
         let (done, answer) = oneshot::channel();
-        let keys = requests.iter().map(request_key).collect::<Option<Vec<_>>>();
-        {
-            let mut queue = self.inner.lock();
-            queue.requests += requests.len();
-            queue.writes.push_back(Write {
-                requests,
-                keys,
-                done,
-            });
-            self.inner.start_call_if_needed(&mut queue);
-        }
+        let keys = requests.iter().map(request_key).collect();
+        self.group.submit(Write {
+            requests,
+            keys,
+            done,
+        });
         answer.await.unwrap_or_else(|_| Written {
             // The call's task ended without an answer (the runtime is
             // shutting down): the write may or may not have landed.
@@ -143,52 +106,31 @@ impl<S: SendBatch> SharedBatches<S> {
     }
 }
 
-impl<S: SendBatch> Inner<S> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+#[async_trait::async_trait]
+impl<S: SendBatch> Calls for WriteCalls<S> {
+    type Job = Write;
+    const LIMIT: usize = BATCH_LIMIT;
+
+    fn size(write: &Write) -> usize {
+        write.requests.len()
     }
 
-    /// Starts a call for what waits when no call under way will take it
-    /// soon enough.
-    fn start_call_if_needed(self: &Arc<Self>, queue: &mut Queue) {
-        let needed = queue.calls == queue.stalled || queue.requests >= BATCH_LIMIT;
-        if needed && !queue.writes.is_empty() && queue.calls < MAX_CALLS {
-            queue.calls += 1;
-            tokio::spawn(self.clone().drain());
-        }
+    /// A write whose keys are unknown shares a call with nothing.
+    fn joins(batch: &[Write], write: &Write) -> bool {
+        let Some(keys) = &write.keys else {
+            return false;
+        };
+        batch.iter().all(|other| {
+            other
+                .keys
+                .as_ref()
+                .is_some_and(|theirs| keys.iter().all(|key| !theirs.contains(key)))
+        })
     }
 
-    /// Sends calls until the queue is empty.
-    async fn drain(self: Arc<Self>) {
-        loop {
-            let batch = {
-                let mut queue = self.lock();
-                let batch = queue.next_batch();
-                if batch.is_empty() {
-                    queue.calls -= 1;
-                    return;
-                }
-                batch
-            };
-            let call = self.call(batch);
-            tokio::pin!(call);
-            if tokio::time::timeout(self.stalled_after, &mut call)
-                .await
-                .is_err()
-            {
-                {
-                    let mut queue = self.lock();
-                    queue.stalled += 1;
-                    self.start_call_if_needed(&mut queue);
-                }
-                call.await;
-                self.lock().stalled -= 1;
-            }
-        }
-    }
-
-    /// One call for the batch, resubmitting `UnprocessedItems` until none
-    /// are left or the budget is spent; answers each write when it is done.
+    /// One BatchWriteItem for the batch, resubmitting `UnprocessedItems`
+    /// until none are left or the budget is spent; answers each write when
+    /// it is done.
     async fn call(&self, batch: Vec<Write>) {
         let started = Instant::now();
         let mut owner: HashMap<RecordKey, usize> = HashMap::new();
@@ -269,35 +211,10 @@ impl<S: SendBatch> Inner<S> {
     }
 }
 
-impl Queue {
-    /// The writes at the front that fit in one call with distinct keys.
-    fn next_batch(&mut self) -> Vec<Write> {
-        let mut batch: Vec<Write> = Vec::new();
-        let mut requests = 0;
-        let mut keys = HashSet::new();
-        while let Some(write) = self.writes.front() {
-            if let Some(first) = batch.first() {
-                let fits = requests + write.requests.len() <= BATCH_LIMIT;
-                // A write whose keys are unknown shares a call with nothing.
-                let distinct = first.keys.is_some()
-                    && (write.keys.as_ref())
-                        .is_some_and(|new| new.iter().all(|key| !keys.contains(key)));
-                if !(fits && distinct) {
-                    break;
-                }
-            }
-            let write = self.writes.pop_front().expect("a front write");
-            requests += write.requests.len();
-            self.requests -= write.requests.len();
-            keys.extend(write.keys.iter().flatten().cloned());
-            batch.push(write);
-        }
-        batch
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
     use crate::retry::Backoff;
     use crate::store::ConnectionRecord;
@@ -398,7 +315,7 @@ mod tests {
             tasks.push(tokio::spawn(async move { queue_.write(requests).await }));
             loop {
                 let sent: usize = sizes(sender).iter().sum();
-                if sent + queue.inner.lock().requests == submitted {
+                if sent + queue.group.waiting() == submitted {
                     break;
                 }
                 tokio::task::yield_now().await;

@@ -20,6 +20,7 @@
 
 mod admin;
 mod batches;
+mod group;
 mod item;
 
 use std::collections::{HashMap, HashSet};
@@ -139,7 +140,7 @@ impl DynamoDbStore {
                 calls,
                 options.unprocessed_retry.clone(),
                 ATTEMPT_TIMEOUT,
-                batches::STALLED_AFTER,
+                group::STALLED_AFTER,
             )
         };
         Self {
