@@ -9,7 +9,7 @@ use gitgazer_ws_tests::{
     OwnDynalite, create_table, dynalite_endpoint, test_cache_dir, unique_table, unix_now,
 };
 
-use crate::support::{Fixture, get, keys, scan};
+use crate::support::{Fixture, client, get, keys, scan, scan_items};
 
 const TOO_MANY: &str = "Too many requests. Try again later.";
 
@@ -321,6 +321,70 @@ async fn concurrent_disconnects_share_delete_calls() {
     assert!(
         calls < CONNECTIONS,
         "{calls} delete calls for {CONNECTIONS} concurrent DISCONNECTs: none shared"
+    );
+}
+
+/// A CONNECT reads its user's revocation with a BatchGetItem (shared by
+/// concurrent CONNECTs); a role without `dynamodb:BatchGetItem` is told
+/// once in the log and each read becomes a Query. A revocation holds
+/// either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_are_read_with_batch_get_item_or_a_query_without_the_permission() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("revocation-reads");
+    create_table(&endpoint, &table);
+    let proxy = FaultProxy::start(&endpoint).await;
+    let f = Fixture::start(&proxy.endpoint, &table, &[]);
+    // Mallory's tokens issued up to a minute from now are revoked.
+    client(&endpoint)
+        .put_item()
+        .table_name(&table)
+        .item("integrationId", AttributeValue::S("revoked mallory".into()))
+        .item("connectionId", AttributeValue::S("revoked mallory".into()))
+        .item(
+            "revokedBefore",
+            AttributeValue::N((unix_now() + 60).to_string()),
+        )
+        .item(
+            "expiresAt",
+            AttributeValue::N((unix_now() + 600).to_string()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let erin = f.token("erin", &["a"]).await;
+    let mallory = f.token("mallory", &["a"]).await;
+    let revoked = (401, "Unauthorized: Access revoked".to_owned());
+
+    assert_eq!(f.connect(&erin, "e1").await.0, 200);
+    assert_eq!(f.connect(&mallory, "m1").await, revoked);
+    assert_eq!(proxy.requests("BatchGetItem"), 2);
+    assert_eq!(proxy.requests("Query"), 0, "a revocation read was a Query");
+
+    proxy.deny_batch_get(true);
+    assert_eq!(f.connect(&erin, "e2").await.0, 200);
+    assert_eq!(f.connect(&mallory, "m2").await, revoked);
+    assert_eq!(f.connect(&erin, "e3").await.0, 200);
+    assert_eq!(
+        proxy.requests("BatchGetItem"),
+        3,
+        "asked again after the refusal"
+    );
+    assert_eq!(proxy.requests("Query"), 3, "one Query per CONNECT");
+    let stored: BTreeSet<String> = scan_items(&endpoint, &table)
+        .await
+        .iter()
+        .filter_map(|item| item["connectionId"].as_s().ok().cloned())
+        .collect();
+    let expected = ["e1", "e2", "e3", "revoked mallory"].map(String::from);
+    assert_eq!(stored, BTreeSet::from(expected));
+    let log = f.server.logs();
+    assert_eq!(
+        log.matches("dynamodb:BatchGetItem is not allowed").count(),
+        1,
+        "{log}"
     );
 }
 

@@ -53,6 +53,8 @@ struct ProxyState {
     deletes_held: u32,
     /// Answer every Query on an index with no items.
     index_lags: bool,
+    /// Refuse every BatchGetItem as IAM does without the permission.
+    deny_batch_get: bool,
     /// Requests received, by operation (`Query`, `BatchWriteItem`, ...).
     requests: HashMap<String, u32>,
 }
@@ -128,6 +130,13 @@ impl FaultProxy {
         self.state.lock().unwrap().index_lags = on;
     }
 
+    /// Refuses every BatchGetItem with `AccessDeniedException`, as DynamoDB
+    /// does for a role without `dynamodb:BatchGetItem` (dynalite has no
+    /// IAM), or stops doing so.
+    pub fn deny_batch_get(&self, on: bool) {
+        self.state.lock().unwrap().deny_batch_get = on;
+    }
+
     /// Requests received so far (faulted ones included) whose
     /// `X-Amz-Target` names `operation`: `Query`, `BatchWriteItem`, ...;
     /// [`INDEX_QUERY`]: the Queries of an index among them.
@@ -193,6 +202,10 @@ async fn forward(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
         }
         if is_query && state.index_lags && body_names_an_index(&body) {
             return lagging_index();
+        }
+        if target.ends_with(".BatchGetItem") && state.deny_batch_get {
+            state.faults_injected += 1;
+            return access_denied();
         }
         if (is_query && state.throttle_queries) || (is_delete_batch && state.throttle_deletes) {
             state.faults_injected += 1;
@@ -282,8 +295,23 @@ async fn forward(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
     (status, [("content-type", JSON_1_0)], answer.to_string()).into_response()
 }
 
+/// DynamoDB's answer to a call the role may not make.
+fn access_denied() -> Response {
+    let body = json!({
+        "__type": "com.amazon.coral.service#AccessDeniedException",
+        "message": "User: arn:aws:sts::000000000000:assumed-role/test is not authorized to perform: dynamodb:BatchGetItem",
+    });
+    (
+        StatusCode::BAD_REQUEST,
+        [("content-type", JSON_1_0)],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 /// What [`FaultProxy::requests`] counts Queries of an index under (a
-/// CONNECT's revocation check is a Query of the table itself).
+/// DISCONNECT's lookup is one; a CONNECT's revocation check is a
+/// BatchGetItem, or a Query of the table itself without that permission).
 pub const INDEX_QUERY: &str = "Query on an index";
 
 fn body_names_an_index(body: &[u8]) -> bool {

@@ -94,7 +94,7 @@ pub(super) fn revocation_item(
     item
 }
 
-fn key_attributes(key: &RecordKey) -> HashMap<String, AttributeValue> {
+pub(super) fn key_attributes(key: &RecordKey) -> HashMap<String, AttributeValue> {
     HashMap::from([
         (
             INTEGRATION_ID.to_owned(),

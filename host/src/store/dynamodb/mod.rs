@@ -11,6 +11,9 @@
 //!
 //! Concurrent writes share BatchWriteItem calls (`batches`: a call costs
 //! about as much CPU for one item as for 25); puts and deletes queue apart.
+//! Concurrent CONNECTs' revocation reads share BatchGetItem calls (`reads`).
+//! A role without `dynamodb:BatchGetItem` (deployments older than that) is
+//! told once in the log, and each read is then a Query, as before.
 //!
 //! `put_all` is all-or-nothing: when a chunk cannot be written, every chunk
 //! attempted so far is deleted again before the error is returned; a delete
@@ -22,8 +25,11 @@ mod admin;
 mod batches;
 mod group;
 mod item;
+mod reads;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -32,16 +38,17 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
-use aws_sdk_dynamodb::types::{AttributeValue, WriteRequest};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, WriteRequest};
 
 use super::rollback::{Pending, RecentUncertain, RollbackRetrier, RollbackRetry};
 use super::{ConnectionRecord, ConnectionStore, RecordKey, StoreError};
 use crate::retry::Backoff;
 use batches::{SendBatch, SharedBatches};
 use item::{
-    CONNECTION_ID, INTEGRATION_ID, REVOKED_BEFORE, SUB, delete_request, put_request, record_from,
-    revocation_item, string_attribute,
+    CONNECTION_ID, INTEGRATION_ID, REVOKED_BEFORE, SUB, delete_request, key_attributes,
+    put_request, record_from, revocation_item, string_attribute,
 };
+use reads::{Got, SendGet, SharedReads};
 
 /// BatchWriteItem's limit of requests per call.
 pub const BATCH_LIMIT: usize = 25;
@@ -96,6 +103,9 @@ pub struct DynamoDbStore {
     options: DynamoDbOptions,
     puts: SharedBatches<Calls>,
     deletes: SharedBatches<Calls>,
+    revocations: SharedReads<Calls>,
+    /// Set when BatchGetItem was refused (the role lacks the permission).
+    batch_get_denied: Arc<AtomicBool>,
     rollbacks: RollbackRetrier,
     recent_uncertain: RecentUncertain,
 }
@@ -131,13 +141,15 @@ impl DynamoDbStore {
         }
         let config = loader.load().await;
         let client = Client::new(&config);
+        let batch_get_denied = Arc::new(AtomicBool::new(false));
+        let calls = Calls {
+            client: client.clone(),
+            table: options.table.clone(),
+            batch_get_denied: batch_get_denied.clone(),
+        };
         let batches = || {
-            let calls = Calls {
-                client: client.clone(),
-                table: options.table.clone(),
-            };
             SharedBatches::new(
-                calls,
+                calls.clone(),
                 options.unprocessed_retry.clone(),
                 ATTEMPT_TIMEOUT,
                 group::STALLED_AFTER,
@@ -146,6 +158,12 @@ impl DynamoDbStore {
         Self {
             puts: batches(),
             deletes: batches(),
+            revocations: SharedReads::new(
+                calls.clone(),
+                options.unprocessed_retry.clone(),
+                group::STALLED_AFTER,
+            ),
+            batch_get_denied,
             client,
             rollbacks: RollbackRetrier::new(options.rollback_retry.clone()),
             recent_uncertain: RecentUncertain::default(),
@@ -230,6 +248,39 @@ impl DynamoDbStore {
         }
     }
 
+    /// `revoked_before` without BatchGetItem.
+    async fn revoked_before_by_query(&self, sub: &str) -> Result<Option<u64>, StoreError> {
+        // A strongly consistent Query on the whole key (as `record`): one
+        // item, the cost of a GetItem, with the permission every CONNECT
+        // role has.
+        let key = super::revocation_key(sub);
+        let query = |query: QueryFluentBuilder| {
+            query
+                .consistent_read(true)
+                .key_condition_expression("#i = :i AND #c = :c")
+                .projection_expression("#r")
+                .expression_attribute_names("#i", INTEGRATION_ID)
+                .expression_attribute_names("#c", CONNECTION_ID)
+                .expression_attribute_names("#r", REVOKED_BEFORE)
+                .expression_attribute_values(":i", AttributeValue::S(key.integration_id.clone()))
+                .expression_attribute_values(":c", AttributeValue::S(key.connection_id.clone()))
+        };
+        let found = self
+            .query_all(query, |item| {
+                match item.get(REVOKED_BEFORE) {
+                    Some(AttributeValue::N(number)) => number.parse::<u64>().map_err(|_| ()),
+                    _ => Err(()),
+                }
+                .map_err(|()| {
+                    StoreError::Other(format!(
+                        "Query: a revocation without a numeric {REVOKED_BEFORE}"
+                    ))
+                })
+            })
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
     /// Deletes keys in chunks; returns how many were deleted.
     async fn delete_keys(&self, keys: &[RecordKey]) -> Result<u32, StoreError> {
         let keys = unique(keys.iter().cloned(), |k| k.clone());
@@ -246,11 +297,12 @@ impl DynamoDbStore {
     }
 }
 
-/// The BatchWriteItem calls the queues send.
+/// The calls the queues send.
 #[derive(Clone)]
 struct Calls {
     client: Client,
     table: String,
+    batch_get_denied: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
@@ -267,6 +319,73 @@ impl SendBatch for Calls {
             .unprocessed_items
             .and_then(|mut items| items.remove(&self.table))
             .unwrap_or_default())
+    }
+}
+
+#[async_trait::async_trait]
+impl SendGet for Calls {
+    async fn get(&self, subs: Vec<String>) -> Result<Got, StoreError> {
+        let keys = subs
+            .iter()
+            .map(|sub| key_attributes(&super::revocation_key(sub)))
+            .collect();
+        let request = KeysAndAttributes::builder()
+            .set_keys(Some(keys))
+            .consistent_read(true)
+            .projection_expression("#i, #r")
+            .expression_attribute_names("#i", INTEGRATION_ID)
+            .expression_attribute_names("#r", REVOKED_BEFORE)
+            .build()
+            .map_err(|e| StoreError::Other(format!("building a BatchGetItem: {e}")))?;
+        let sent = self
+            .client
+            .batch_get_item()
+            .request_items(&self.table, request)
+            .send()
+            .await;
+        let output = match sent {
+            Ok(output) => output,
+            Err(error) => {
+                if let SdkError::ServiceError(service) = &error
+                    && service.err().code() == Some("AccessDeniedException")
+                    && !self.batch_get_denied.swap(true, Ordering::SeqCst)
+                {
+                    tracing::warn!(
+                        table = %self.table,
+                        "dynamodb:BatchGetItem is not allowed: each CONNECT now reads its revocation with a Query of its own; grant it to share those reads"
+                    );
+                }
+                return Err(classify("BatchGetItem", error));
+            }
+        };
+        // A revocation's key is `revoked {sub}` in both halves.
+        let sub_of = |item: &HashMap<String, AttributeValue>| {
+            string_attribute(item, INTEGRATION_ID).ok().and_then(|key| {
+                key.strip_prefix(super::REVOCATION_PREFIX)
+                    .map(str::to_owned)
+            })
+        };
+        let mut got = Got::default();
+        let items = output.responses.and_then(|mut all| all.remove(&self.table));
+        for item in items.unwrap_or_default() {
+            let before = match item.get(REVOKED_BEFORE) {
+                Some(AttributeValue::N(number)) => number.parse::<u64>().ok(),
+                _ => None,
+            };
+            let (Some(sub), Some(before)) = (sub_of(&item), before) else {
+                return Err(StoreError::Other(format!(
+                    "BatchGetItem: a revocation without its key or a numeric {REVOKED_BEFORE}"
+                )));
+            };
+            got.revoked_before.insert(sub, before);
+        }
+        let unprocessed = output
+            .unprocessed_keys
+            .and_then(|mut all| all.remove(&self.table));
+        got.unprocessed = unprocessed
+            .map(|keys| keys.keys.iter().filter_map(sub_of).collect())
+            .unwrap_or_default();
+        Ok(got)
     }
 }
 
@@ -351,35 +470,13 @@ impl ConnectionStore for DynamoDbStore {
     }
 
     async fn revoked_before(&self, sub: &str) -> Result<Option<u64>, StoreError> {
-        // A strongly consistent Query on the whole key (as `record`): one
-        // item, the cost of a GetItem, and no permission beyond the Query
-        // every CONNECT role already has.
-        let key = super::revocation_key(sub);
-        let query = |query: QueryFluentBuilder| {
-            query
-                .consistent_read(true)
-                .key_condition_expression("#i = :i AND #c = :c")
-                .projection_expression("#r")
-                .expression_attribute_names("#i", INTEGRATION_ID)
-                .expression_attribute_names("#c", CONNECTION_ID)
-                .expression_attribute_names("#r", REVOKED_BEFORE)
-                .expression_attribute_values(":i", AttributeValue::S(key.integration_id.clone()))
-                .expression_attribute_values(":c", AttributeValue::S(key.connection_id.clone()))
-        };
-        let found = self
-            .query_all(query, |item| {
-                match item.get(REVOKED_BEFORE) {
-                    Some(AttributeValue::N(number)) => number.parse::<u64>().map_err(|_| ()),
-                    _ => Err(()),
-                }
-                .map_err(|()| {
-                    StoreError::Other(format!(
-                        "Query: a revocation without a numeric {REVOKED_BEFORE}"
-                    ))
-                })
-            })
-            .await?;
-        Ok(found.into_iter().next())
+        if !self.batch_get_denied.load(Ordering::SeqCst) {
+            let result = self.revocations.revoked_before(sub).await;
+            if result.is_ok() || !self.batch_get_denied.load(Ordering::SeqCst) {
+                return result;
+            }
+        }
+        self.revoked_before_by_query(sub).await
     }
 
     async fn revoke(&self, sub: &str, before: u64, expires_at: u64) -> Result<(), StoreError> {
