@@ -184,20 +184,19 @@ impl<S: SendBatch> Calls for WriteCalls<S> {
                 return;
             }
             resubmissions += 1;
-            let delay = self.retry.backoff.delay(resubmissions);
-            if resubmissions > self.retry.max_resubmissions
-                || started.elapsed() + delay > self.retry.total_budget
+            let left = unprocessed.len();
+            let delay = match self
+                .retry
+                .next_wait("BatchWriteItem", left, resubmissions, started)
             {
-                let error = StoreError::Throttled(format!(
-                    "BatchWriteItem: {} items still unprocessed after {} resubmissions",
-                    unprocessed.len(),
-                    resubmissions - 1
-                ));
-                for index in 0..answers.len() {
-                    answer(&mut answers, index, Err(error.clone()));
+                Ok(delay) => delay,
+                Err(error) => {
+                    for index in 0..answers.len() {
+                        answer(&mut answers, index, Err(error.clone()));
+                    }
+                    return;
                 }
-                return;
-            }
+            };
             tracing::debug!(
                 items = unprocessed.len(),
                 resubmissions,
@@ -395,7 +394,7 @@ mod tests {
         .await;
         assert!(written[0].result.is_ok());
         assert!(
-            matches!(&written[1].result, Err(StoreError::Throttled(m)) if m.contains("2 items still unprocessed after 2 resubmissions")),
+            matches!(&written[1].result, Err(StoreError::Throttled(m)) if m.contains("2 still unprocessed after 2 resubmissions")),
             "{:?}",
             written[1]
         );

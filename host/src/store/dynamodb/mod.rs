@@ -30,7 +30,7 @@ mod reads;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
@@ -77,6 +77,28 @@ impl Default for UnprocessedRetry {
             },
             total_budget: Duration::from_secs(5),
         }
+    }
+}
+
+impl UnprocessedRetry {
+    /// The wait before resubmission `resubmission` (1 for the first) of the
+    /// `left` items or keys a call started at `started` left unprocessed,
+    /// or the error that ends the call's retries once the budget is spent.
+    fn next_wait(
+        &self,
+        operation: &str,
+        left: usize,
+        resubmission: u32,
+        started: Instant,
+    ) -> Result<Duration, StoreError> {
+        let delay = self.backoff.delay(resubmission);
+        if resubmission > self.max_resubmissions || started.elapsed() + delay > self.total_budget {
+            return Err(StoreError::Throttled(format!(
+                "{operation}: {left} still unprocessed after {} resubmissions",
+                resubmission - 1
+            )));
+        }
+        Ok(delay)
     }
 }
 

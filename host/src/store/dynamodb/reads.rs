@@ -128,20 +128,19 @@ impl<S: SendGet> Calls for ReadCalls<S> {
                 return;
             }
             resubmissions += 1;
-            let delay = self.retry.backoff.delay(resubmissions);
-            if resubmissions > self.retry.max_resubmissions
-                || started.elapsed() + delay > self.retry.total_budget
+            let left = got.unprocessed.len();
+            let delay = match self
+                .retry
+                .next_wait("BatchGetItem", left, resubmissions, started)
             {
-                let error = StoreError::Throttled(format!(
-                    "BatchGetItem: {} keys still unprocessed after {} resubmissions",
-                    got.unprocessed.len(),
-                    resubmissions - 1
-                ));
-                for sub in got.unprocessed {
-                    answer(&mut waiting, &sub, Err(error.clone()));
+                Ok(delay) => delay,
+                Err(error) => {
+                    for sub in got.unprocessed {
+                        answer(&mut waiting, &sub, Err(error.clone()));
+                    }
+                    return;
                 }
-                return;
-            }
+            };
             tokio::time::sleep(delay).await;
             pending = got.unprocessed;
         }
@@ -218,7 +217,7 @@ mod tests {
         assert_eq!(got[2], Ok(Some(1_700_000_000)));
         assert_eq!(got[3], Ok(None));
         assert!(
-            matches!(&got[4], Err(StoreError::Throttled(m)) if m.contains("1 keys still unprocessed")),
+            matches!(&got[4], Err(StoreError::Throttled(m)) if m.contains("1 still unprocessed")),
             "{:?}",
             got[4]
         );
