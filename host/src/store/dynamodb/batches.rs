@@ -226,6 +226,8 @@ mod tests {
     struct Scripted {
         calls: Arc<Mutex<Vec<Vec<RecordKey>>>>,
         gate: Arc<tokio::sync::watch::Sender<bool>>,
+        /// Calls waiting at the closed gate.
+        held: Arc<std::sync::atomic::AtomicUsize>,
         stubborn: Option<&'static str>,
         fail: bool,
     }
@@ -235,6 +237,7 @@ mod tests {
             Self {
                 calls: Arc::default(),
                 gate: Arc::new(tokio::sync::watch::channel(true).0),
+                held: Arc::default(),
                 stubborn: None,
                 fail: false,
             }
@@ -245,8 +248,11 @@ mod tests {
     impl SendBatch for Scripted {
         async fn send(&self, requests: Vec<WriteRequest>) -> Result<Vec<WriteRequest>, StoreError> {
             let keys = requests.iter().map(|r| request_key(r).unwrap()).collect();
+            use std::sync::atomic::Ordering::SeqCst;
+            self.held.fetch_add(1, SeqCst);
             self.calls.lock().unwrap().push(keys);
             let _ = self.gate.subscribe().wait_for(|open| *open).await;
+            self.held.fetch_sub(1, SeqCst);
             if self.fail {
                 return Err(StoreError::Unavailable("down".into()));
             }
@@ -298,8 +304,8 @@ mod tests {
     }
 
     /// Starts the writes one after another while the sender holds its
-    /// calls (each write in a call or queued before the next starts), then
-    /// lets the calls answer.
+    /// calls (each write in a held call or queued before the next starts),
+    /// then lets the calls answer.
     async fn concurrently(
         queue: &SharedBatches<Scripted>,
         sender: &Scripted,
@@ -313,8 +319,12 @@ mod tests {
             let queue_ = queue.clone();
             tasks.push(tokio::spawn(async move { queue_.write(requests).await }));
             loop {
+                // Settled: every call started is held at the gate with its
+                // jobs, and the rest wait in the queue.
+                let (calls, waiting) = queue.group.calls_and_waiting();
+                let held = sender.held.load(std::sync::atomic::Ordering::SeqCst);
                 let sent: usize = sizes(sender).iter().sum();
-                if sent + queue.group.waiting() == submitted {
+                if calls == held && sent + waiting == submitted {
                     break;
                 }
                 tokio::task::yield_now().await;

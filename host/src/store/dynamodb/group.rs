@@ -17,8 +17,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Calls under way at once, at most, per queue.
-pub const MAX_CALLS: usize = 4;
+/// Calls under way at once, at most, per queue: 400 writes or 1 600
+/// revocation reads in flight, so even calls slowed to a second each (a
+/// brownout, the SDK's retries) carry hundreds of requests a second.
+pub const MAX_CALLS: usize = 16;
 
 /// A call under way this long no longer holds back the jobs behind it.
 pub const STALLED_AFTER: Duration = Duration::from_millis(100);
@@ -94,6 +96,14 @@ impl<C: Calls> Group<C> {
     #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.inner.lock().size
+    }
+
+    /// Calls under way (or about to take their jobs) and [`Group::waiting`],
+    /// read at one moment (for tests).
+    #[cfg(test)]
+    pub fn calls_and_waiting(&self) -> (usize, usize) {
+        let queue = self.inner.lock();
+        (queue.calls, queue.size)
     }
 }
 
