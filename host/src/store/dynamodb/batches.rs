@@ -247,7 +247,11 @@ mod tests {
     #[async_trait::async_trait]
     impl SendBatch for Scripted {
         async fn send(&self, requests: Vec<WriteRequest>) -> Result<Vec<WriteRequest>, StoreError> {
-            let keys = requests.iter().map(|r| request_key(r).unwrap()).collect();
+            let keys: Vec<RecordKey> = requests.iter().map(|r| request_key(r).unwrap()).collect();
+            assert!(
+                keys.iter().all(|key| key.connection_id != "boom"),
+                "a bug in the call"
+            );
             use std::sync::atomic::Ordering::SeqCst;
             self.held.fetch_add(1, SeqCst);
             self.calls.lock().unwrap().push(keys);
@@ -464,5 +468,20 @@ mod tests {
         assert!(first.await.unwrap().result.is_ok());
         assert!(second.await.unwrap().result.is_ok());
         assert_eq!(sizes(&sender), vec![1, 1]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_that_panics_fails_its_writes_and_the_queue_goes_on() {
+        let sender = Scripted::default();
+        let queue = shared(sender.clone());
+        let written = queue.write(puts("boom", 1)).await;
+        assert!(
+            matches!(written.result, Err(StoreError::Unavailable(_))),
+            "{written:?}"
+        );
+        let next = tokio::time::timeout(Duration::from_secs(5), queue.write(puts("next", 1)))
+            .await
+            .expect("the next write waited for a call that is gone");
+        assert!(next.result.is_ok());
     }
 }

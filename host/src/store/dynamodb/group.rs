@@ -124,16 +124,15 @@ impl<C: Calls> Inner<C> {
 
     /// Makes calls until the queue is empty.
     async fn drain(self: Arc<Self>) {
+        let mut slot = Slot {
+            inner: self.clone(),
+            stalled: false,
+        };
         loop {
-            let batch = {
-                let mut queue = self.lock();
-                let batch = queue.next_batch::<C>();
-                if batch.is_empty() {
-                    queue.calls -= 1;
-                    return;
-                }
-                batch
-            };
+            let batch = self.lock().next_batch::<C>();
+            if batch.is_empty() {
+                return;
+            }
             let call = self.calls.call(batch);
             tokio::pin!(call);
             if tokio::time::timeout(self.stalled_after, &mut call)
@@ -143,12 +142,33 @@ impl<C: Calls> Inner<C> {
                 {
                     let mut queue = self.lock();
                     queue.stalled += 1;
+                    slot.stalled = true;
                     self.start_call_if_needed(&mut queue);
                 }
                 call.await;
                 self.lock().stalled -= 1;
+                slot.stalled = false;
             }
         }
+    }
+}
+
+/// A drain's place among the calls under way, given back however the drain
+/// ends (a panic in a call included), with a new call started for any job
+/// that arrived meanwhile: no job waits for a call that is gone.
+struct Slot<C: Calls> {
+    inner: Arc<Inner<C>>,
+    stalled: bool,
+}
+
+impl<C: Calls> Drop for Slot<C> {
+    fn drop(&mut self) {
+        let mut queue = self.inner.lock();
+        queue.calls -= 1;
+        if self.stalled {
+            queue.stalled -= 1;
+        }
+        self.inner.start_call_if_needed(&mut queue);
     }
 }
 
