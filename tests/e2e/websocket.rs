@@ -1105,6 +1105,15 @@ async fn send_refresh(socket: &mut Socket, token: &str) {
     socket.send(Message::Text(frame.into())).await.unwrap();
 }
 
+/// Sends a refresh and returns the server's answer to it, parsed.
+async fn refresh(socket: &mut Socket, token: &str) -> serde_json::Value {
+    send_refresh(socket, token).await;
+    let answer = next_answer(socket, Duration::from_secs(5))
+        .await
+        .expect("an answer to the refresh");
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
 /// The close frame, skipping notices (and nothing else).
 async fn closed_with(socket: &mut Socket, wait: Duration) -> (u16, String) {
     let deadline = tokio::time::Instant::now() + wait;
@@ -1136,13 +1145,7 @@ async fn a_refresh_moves_the_expiry_and_brings_the_groups_in_line() {
     let id = connections_of(&endpoint, &table, "a").await.remove(0);
 
     let second = dev_token(&fixture, "alice", "a,c", 600).await;
-    send_refresh(&mut socket, &second).await;
-    let answer: serde_json::Value = serde_json::from_str(
-        &next_answer(&mut socket, Duration::from_secs(5))
-            .await
-            .expect("an answer"),
-    )
-    .unwrap();
+    let answer = refresh(&mut socket, &second).await;
     assert_eq!(
         answer,
         serde_json::json!({"type": "refreshed", "expiresAt": exp_of(&second), "added": ["c"], "removed": ["b"]})
@@ -1222,11 +1225,8 @@ async fn refused_refreshes_close_with_their_code_and_leave_no_records() {
     let mut socket = open_with_query(&fixture, &current).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let newer = dev_token(&fixture, "alice", "acme", 600).await;
-    send_refresh(&mut socket, &newer).await;
-    let answer = next_answer(&mut socket, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert!(answer.contains(r#""type":"refreshed""#), "{answer}");
+    let answer = refresh(&mut socket, &newer).await;
+    assert_eq!(answer["type"], "refreshed", "{answer}");
     send_refresh(&mut socket, &newer).await;
     assert_eq!(
         closed_with(&mut socket, Duration::from_secs(10)).await,
@@ -1316,13 +1316,7 @@ async fn a_sockets_close_deletes_its_records_by_their_keys_without_a_query() {
     let mut socket = open_with_query(&fixture, &token).await;
     let id = connections_of(&endpoint, &table, "b").await.remove(0);
     let second = dev_token(&fixture, "alice", "a,d", 600).await;
-    send_refresh(&mut socket, &second).await;
-    let answer: serde_json::Value = serde_json::from_str(
-        &next_answer(&mut socket, Duration::from_secs(5))
-            .await
-            .expect("an answer"),
-    )
-    .unwrap();
+    let answer = refresh(&mut socket, &second).await;
     let names = |field: &str| -> BTreeSet<String> {
         answer[field]
             .as_array()
