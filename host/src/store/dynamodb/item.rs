@@ -167,3 +167,11 @@ pub(super) fn request_key(request: &WriteRequest) -> Option<RecordKey> {
         connection_id: string_attribute(attributes, CONNECTION_ID).ok()?,
     })
 }
+
+/// A revocation item's `revokedBefore`; `None` when it is not a number.
+pub(super) fn revoked_before_of(item: &HashMap<String, AttributeValue>) -> Option<u64> {
+    match item.get(REVOKED_BEFORE) {
+        Some(AttributeValue::N(number)) => number.parse().ok(),
+        _ => None,
+    }
+}

@@ -46,7 +46,7 @@ use crate::retry::Backoff;
 use batches::{SendBatch, SharedBatches};
 use item::{
     CONNECTION_ID, INTEGRATION_ID, REVOKED_BEFORE, SUB, delete_request, key_attributes,
-    put_request, record_from, revocation_item, string_attribute,
+    put_request, record_from, revocation_item, revoked_before_of, string_attribute,
 };
 use reads::{Got, SendGet, SharedReads};
 
@@ -289,11 +289,7 @@ impl DynamoDbStore {
         };
         let found = self
             .query_all(query, |item| {
-                match item.get(REVOKED_BEFORE) {
-                    Some(AttributeValue::N(number)) => number.parse::<u64>().map_err(|_| ()),
-                    _ => Err(()),
-                }
-                .map_err(|()| {
+                revoked_before_of(item).ok_or_else(|| {
                     StoreError::Other(format!(
                         "Query: a revocation without a numeric {REVOKED_BEFORE}"
                     ))
@@ -390,11 +386,7 @@ impl SendGet for Calls {
         let mut got = Got::default();
         let items = output.responses.and_then(|mut all| all.remove(&self.table));
         for item in items.unwrap_or_default() {
-            let before = match item.get(REVOKED_BEFORE) {
-                Some(AttributeValue::N(number)) => number.parse::<u64>().ok(),
-                _ => None,
-            };
-            let (Some(sub), Some(before)) = (sub_of(&item), before) else {
+            let (Some(sub), Some(before)) = (sub_of(&item), revoked_before_of(&item)) else {
                 return Err(StoreError::Other(format!(
                     "BatchGetItem: a revocation without its key or a numeric {REVOKED_BEFORE}"
                 )));
