@@ -463,3 +463,129 @@ async fn record_ttl_seconds_sets_expires_at() {
         );
     }
 }
+
+/// Deliveries to one integration that arrive while its records are being
+/// read share the next read (a burst reads twice, not once per event), and
+/// never take the read under way: a socket that opened after that read
+/// began still receives every event posted after it opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deliveries_share_a_read_that_began_after_them() {
+    use futures_util::StreamExt;
+    use gitgazer_ws::dev::DevSigner;
+    use gitgazer_ws_tests::dynamodb_env;
+    use gitgazer_ws_tests::jwks_server::{JwksMode, JwksServer};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    const BURST: u32 = 10;
+    const POOL: crate::support::Pool = crate::support::Pool {
+        region: "eu-west-1",
+        id: "eu-west-1_Shared1",
+        client: "shared-client",
+    };
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("shared-records");
+    create_table(&endpoint, &table);
+    let proxy = FaultProxy::start(&endpoint).await;
+    let signer = DevSigner::generate().unwrap();
+    let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
+    let dynamo = dynamodb_env(&proxy.endpoint, &table);
+    let mut env: Vec<(&str, &str)> = dynamo
+        .iter()
+        .filter(|(k, _)| k != "AWS_REGION")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    env.push(("RUST_LOG", "warn,gitgazer_ws=info"));
+    let server = POOL.server(&jwks, &env);
+    let open = |sub: &str| {
+        let mut request = server
+            .url("/ws")
+            .replacen("http://", "ws://", 1)
+            .into_client_request()
+            .unwrap();
+        let protocol = format!("bearer, {}", POOL.token(&signer, sub));
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", protocol.parse().unwrap());
+        async move { tokio_tungstenite::connect_async(request).await.unwrap().0 }
+    };
+    let url = server.management("/integrations/acme/events");
+    let post = |text: String| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .body(text)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let report: serde_json::Value =
+                serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+            report["delivered"].as_u64().expect("delivered")
+        })
+    };
+
+    let mut early = open("ada").await;
+    // Event 0's records are read before the late socket opens, and the
+    // answer is held until the burst has arrived.
+    proxy.hold_query_answers(true);
+    let queries = proxy.requests("Query");
+    let first = post("event 0".into());
+    while proxy.requests("Query") == queries {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut late = open("bob").await;
+    let burst: Vec<_> = (1..=BURST).map(|n| post(format!("event {n}"))).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.hold_query_answers(false);
+
+    assert_eq!(
+        first.await.unwrap(),
+        1,
+        "event 0's read predates the late socket"
+    );
+    for delivered in burst {
+        assert_eq!(
+            delivered.await.unwrap(),
+            2,
+            "a burst event got an older read"
+        );
+    }
+    let reads = proxy.requests("Query") - queries;
+    println!(
+        "{} concurrent deliveries: {reads} reads of the records",
+        BURST + 1
+    );
+    assert!(
+        reads <= BURST / 2,
+        "{reads} reads for {} concurrent deliveries: none shared",
+        BURST + 1
+    );
+
+    async fn texts(
+        socket: &mut (
+                 impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin
+             ),
+        n: u32,
+    ) -> BTreeSet<String> {
+        let mut texts = BTreeSet::new();
+        while texts.len() < n as usize {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), socket.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    assert!(texts.insert(text.to_string()), "twice: {text}")
+                }
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                other => panic!("expected an event, got {other:?} after {texts:?}"),
+            }
+        }
+        texts
+    }
+    let every = |from: u32| {
+        (from..=BURST)
+            .map(|n| format!("event {n}"))
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(texts(&mut early, BURST + 1).await, every(0));
+    assert_eq!(texts(&mut late, BURST).await, every(1));
+}

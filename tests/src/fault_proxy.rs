@@ -5,8 +5,9 @@
 //!
 //! Put batches get the [`PutFault`]s; deletes (rollbacks, DISCONNECTs) and
 //! Queries pass unless a test throttles them ([`FaultProxy::throttle`]),
-//! holds deletes as a paused store would ([`FaultProxy::pause_deletes`]) or
-//! has the index lag ([`FaultProxy::lag_index`]). Every request is counted
+//! holds deletes as a paused store would ([`FaultProxy::pause_deletes`]),
+//! holds Query answers ([`FaultProxy::hold_query_answers`]) or has the
+//! index lag ([`FaultProxy::lag_index`]). Every request is counted
 //! by operation ([`FaultProxy::requests`]).
 
 use std::collections::HashMap;
@@ -74,6 +75,8 @@ struct Shared {
     state: Arc<Mutex<ProxyState>>,
     /// While true, delete batches wait unanswered (a paused store).
     deletes_paused: Arc<tokio::sync::watch::Sender<bool>>,
+    /// While true, Query answers wait after upstream made them.
+    query_answers_held: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// A running proxy; it stops with the test's runtime.
@@ -81,6 +84,7 @@ pub struct FaultProxy {
     pub endpoint: String,
     state: Arc<Mutex<ProxyState>>,
     deletes_paused: Arc<tokio::sync::watch::Sender<bool>>,
+    query_answers_held: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl FaultProxy {
@@ -91,9 +95,11 @@ impl FaultProxy {
             client: reqwest::Client::new(),
             state: Arc::default(),
             deletes_paused: Arc::new(tokio::sync::watch::channel(false).0),
+            query_answers_held: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let state = shared.state.clone();
         let deletes_paused = shared.deletes_paused.clone();
+        let query_answers_held = shared.query_answers_held.clone();
         let app = Router::new().fallback(forward).with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -102,6 +108,7 @@ impl FaultProxy {
             endpoint,
             state,
             deletes_paused,
+            query_answers_held,
         }
     }
 
@@ -120,6 +127,13 @@ impl FaultProxy {
     /// store works through its queue when it resumes).
     pub fn pause_deletes(&self, paused: bool) {
         self.deletes_paused.send_replace(paused);
+    }
+
+    /// Holds the answers of Queries: upstream reads at once, the answer
+    /// waits until released (a slow page on the way back: what it says is
+    /// older than when it arrives). Or releases them.
+    pub fn hold_query_answers(&self, held: bool) {
+        self.query_answers_held.send_replace(held);
     }
 
     /// Answers every Query on an index with no items, without asking
@@ -276,6 +290,10 @@ async fn forward(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
             Ok(response) => {
                 let status = response.status();
                 let bytes = response.bytes().await.unwrap_or_default();
+                if is_query {
+                    let mut held = shared.query_answers_held.subscribe();
+                    let _ = held.wait_for(|held| !*held).await;
+                }
                 Some((status, bytes))
             }
             Err(_) => return upstream_down(),

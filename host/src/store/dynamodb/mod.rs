@@ -12,6 +12,8 @@
 //! Concurrent writes share BatchWriteItem calls (`batches`: a call costs
 //! about as much CPU for one item as for 25); puts and deletes queue apart.
 //! Concurrent CONNECTs' revocation reads share BatchGetItem calls (`reads`).
+//! Concurrent deliveries to one integration share the read of its records
+//! (`records`), never one that began before they arrived.
 //! A role without `dynamodb:BatchGetItem` (deployments older than that) is
 //! told once in the log, and each read is then a Query, as before.
 //!
@@ -26,6 +28,7 @@ mod batches;
 mod group;
 mod item;
 mod reads;
+mod records;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -49,6 +52,7 @@ use item::{
     put_request, record_from, revocation_item, revoked_before_of, string_attribute,
 };
 use reads::{Got, SendGet, SharedReads};
+use records::SharedByKey;
 
 /// BatchWriteItem's limit of requests per call.
 pub const BATCH_LIMIT: usize = 25;
@@ -126,6 +130,8 @@ pub struct DynamoDbStore {
     puts: SharedBatches<Calls>,
     deletes: SharedBatches<Calls>,
     revocations: SharedReads<Calls>,
+    /// Concurrent deliveries' reads of one integration's records.
+    integration_reads: SharedByKey<Result<Vec<ConnectionRecord>, StoreError>>,
     /// Set when BatchGetItem was refused (the role lacks the permission).
     batch_get_denied: Arc<AtomicBool>,
     rollbacks: RollbackRetrier,
@@ -185,6 +191,7 @@ impl DynamoDbStore {
                 options.unprocessed_retry.clone(),
                 group::STALLED_AFTER,
             ),
+            integration_reads: SharedByKey::default(),
             batch_get_denied,
             client,
             rollbacks: RollbackRetrier::new(options.rollback_retry.clone()),
@@ -268,6 +275,23 @@ impl DynamoDbStore {
                 _ => return Ok(all),
             }
         }
+    }
+
+    /// Every record of an integration, read now (`records_of` shares it).
+    async fn query_records_of(
+        &self,
+        integration_id: &str,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
+        // Strongly consistent: a record stored a moment ago is a reader
+        // waiting for this event.
+        let query = |query: QueryFluentBuilder| {
+            query
+                .consistent_read(true)
+                .key_condition_expression("#i = :i")
+                .expression_attribute_names("#i", INTEGRATION_ID)
+                .expression_attribute_values(":i", AttributeValue::S(integration_id.to_owned()))
+        };
+        self.query_all(query, record_from).await
     }
 
     /// `revoked_before` without BatchGetItem.
@@ -456,16 +480,20 @@ impl ConnectionStore for DynamoDbStore {
     }
 
     async fn records_of(&self, integration_id: &str) -> Result<Vec<ConnectionRecord>, StoreError> {
-        // Strongly consistent: a record stored a moment ago is a reader
-        // waiting for this event.
-        let query = |query: QueryFluentBuilder| {
-            query
-                .consistent_read(true)
-                .key_condition_expression("#i = :i")
-                .expression_attribute_names("#i", INTEGRATION_ID)
-                .expression_attribute_values(":i", AttributeValue::S(integration_id.to_owned()))
+        // Shared with the deliveries that wait with this one (`records`).
+        let store = self.clone();
+        let read = move |integration_id: String| {
+            let store = store.clone();
+            async move { store.query_records_of(&integration_id).await }
         };
-        self.query_all(query, record_from).await
+        self.integration_reads
+            .read(integration_id, read)
+            .await
+            .unwrap_or_else(|| {
+                Err(StoreError::Other(
+                    "Query: the shared read of the records ended without an answer".to_owned(),
+                ))
+            })
     }
 
     async fn record(&self, key: &RecordKey) -> Result<Option<ConnectionRecord>, StoreError> {
