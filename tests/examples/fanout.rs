@@ -12,7 +12,8 @@
 //! just before the post to the moment the last socket has it (p50 and max
 //! over the events). Then `EVENTS` more are posted back to back (each post
 //! waits for the previous one's answer, not for its receipts): socket
-//! messages per second from the first post to the last receipt.
+//! messages per second from the first post to the last receipt. Then
+//! `EVENTS` more at once (a burst; they share reads of the records).
 //! The load generator shares the machine (2 cores here) with the nodes and
 //! dynalite.
 
@@ -169,22 +170,9 @@ async fn main() {
 
     // How much of it was reading the records (every Query page), from
     // node 1's own store-call histogram.
-    let scrape = reqwest::get(servers[0].management("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let metric = |name: &str| -> f64 {
-        scrape
-            .lines()
-            .filter(|line| line.starts_with(name) && line.contains("operation=\"records_of\""))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
     let (sum, count) = (
-        metric("gitgazer_ws_store_call_duration_seconds_sum"),
-        metric("gitgazer_ws_store_call_duration_seconds_count"),
+        records_of_metric(&servers[0], "gitgazer_ws_store_call_duration_seconds_sum").await,
+        records_of_metric(&servers[0], "gitgazer_ws_store_call_duration_seconds_count").await,
     );
     println!(
         "{nodes} node(s), {sockets} sockets: reading the records took {:.1} ms on average ({count} reads)",
@@ -193,9 +181,12 @@ async fn main() {
 
     // Throughput: back to back.
     let started = Instant::now();
-    let poster = tokio::spawn(async move {
-        for number in events + 1..=2 * events {
-            post(number).await;
+    let poster = tokio::spawn({
+        let post = post.clone();
+        async move {
+            for number in events + 1..=2 * events {
+                post(number).await;
+            }
         }
     });
     let expected = sockets * events;
@@ -214,4 +205,43 @@ async fn main() {
         seconds * 1000.0,
         expected as f64 / seconds
     );
+
+    // Throughput: a burst, every event posted at once (a workflow run's
+    // jobs starting together); they share reads of the records.
+    let started = Instant::now();
+    let posts: Vec<_> = (2 * events + 1..=3 * events)
+        .map(|number| tokio::spawn(post(number)))
+        .collect();
+    let mut last = started;
+    for _ in 0..expected {
+        let (_, at) = tokio::time::timeout(Duration::from_secs(60), receipts.recv())
+            .await
+            .expect("every socket receives every event")
+            .unwrap();
+        last = last.max(at);
+    }
+    for post in posts {
+        post.await.unwrap();
+    }
+    let seconds = (last - started).as_secs_f64();
+    println!(
+        "{nodes} node(s), {sockets} sockets: {expected} socket messages in {:.0} ms as a burst of {events} events \
+         = {:.0} messages/s",
+        seconds * 1000.0,
+        expected as f64 / seconds,
+    );
+}
+
+/// A store-call metric of a node's reads of an integration's records.
+async fn records_of_metric(server: &Server, name: &str) -> f64 {
+    reqwest::get(server.management("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .filter(|line| line.starts_with(name) && line.contains("operation=\"records_of\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
