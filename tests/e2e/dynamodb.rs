@@ -529,7 +529,7 @@ async fn concurrent_deliveries_share_a_read_that_began_after_them() {
     let mut early = open("ada").await;
     // Event 0's records are read before the late socket opens, and the
     // answer is held until the burst has arrived.
-    proxy.hold_query_answers(true);
+    proxy.hold_answers("Query", true);
     let queries = proxy.requests("Query");
     let first = post("event 0".into());
     while proxy.requests("Query") == queries {
@@ -538,7 +538,7 @@ async fn concurrent_deliveries_share_a_read_that_began_after_them() {
     let mut late = open("bob").await;
     let burst: Vec<_> = (1..=BURST).map(|n| post(format!("event {n}"))).collect();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    proxy.hold_query_answers(false);
+    proxy.hold_answers("Query", false);
 
     assert_eq!(
         first.await.unwrap(),

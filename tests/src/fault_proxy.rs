@@ -6,11 +6,11 @@
 //! Put batches get the [`PutFault`]s; deletes (rollbacks, DISCONNECTs) and
 //! Queries pass unless a test throttles them ([`FaultProxy::throttle`]),
 //! holds deletes as a paused store would ([`FaultProxy::pause_deletes`]),
-//! holds Query answers ([`FaultProxy::hold_query_answers`]) or has the
+//! holds answers ([`FaultProxy::hold_answers`]) or has the
 //! index lag ([`FaultProxy::lag_index`]). Every request is counted
 //! by operation ([`FaultProxy::requests`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -75,8 +75,8 @@ struct Shared {
     state: Arc<Mutex<ProxyState>>,
     /// While true, delete batches wait unanswered (a paused store).
     deletes_paused: Arc<tokio::sync::watch::Sender<bool>>,
-    /// While true, Query answers wait after upstream made them.
-    query_answers_held: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The operations whose answers wait after upstream made them.
+    answers_held: Arc<tokio::sync::watch::Sender<HashSet<String>>>,
 }
 
 /// A running proxy; it stops with the test's runtime.
@@ -84,7 +84,7 @@ pub struct FaultProxy {
     pub endpoint: String,
     state: Arc<Mutex<ProxyState>>,
     deletes_paused: Arc<tokio::sync::watch::Sender<bool>>,
-    query_answers_held: Arc<tokio::sync::watch::Sender<bool>>,
+    answers_held: Arc<tokio::sync::watch::Sender<HashSet<String>>>,
 }
 
 impl FaultProxy {
@@ -95,11 +95,11 @@ impl FaultProxy {
             client: reqwest::Client::new(),
             state: Arc::default(),
             deletes_paused: Arc::new(tokio::sync::watch::channel(false).0),
-            query_answers_held: Arc::new(tokio::sync::watch::channel(false).0),
+            answers_held: Arc::new(tokio::sync::watch::channel(HashSet::new()).0),
         };
         let state = shared.state.clone();
         let deletes_paused = shared.deletes_paused.clone();
-        let query_answers_held = shared.query_answers_held.clone();
+        let answers_held = shared.answers_held.clone();
         let app = Router::new().fallback(forward).with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -108,7 +108,7 @@ impl FaultProxy {
             endpoint,
             state,
             deletes_paused,
-            query_answers_held,
+            answers_held,
         }
     }
 
@@ -129,11 +129,18 @@ impl FaultProxy {
         self.deletes_paused.send_replace(paused);
     }
 
-    /// Holds the answers of Queries: upstream reads at once, the answer
-    /// waits until released (a slow page on the way back: what it says is
-    /// older than when it arrives). Or releases them.
-    pub fn hold_query_answers(&self, held: bool) {
-        self.query_answers_held.send_replace(held);
+    /// Holds the answers to `operation` (`Query`, `BatchGetItem`, ...):
+    /// upstream answers at once, the answer waits until released (a slow
+    /// answer on the way back: what it says is older than when it arrives).
+    /// Or releases them.
+    pub fn hold_answers(&self, operation: &str, held: bool) {
+        self.answers_held.send_modify(|operations| {
+            if held {
+                operations.insert(operation.to_owned());
+            } else {
+                operations.remove(operation);
+            }
+        });
     }
 
     /// Answers every Query on an index with no items, without asking
@@ -290,10 +297,9 @@ async fn forward(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
             Ok(response) => {
                 let status = response.status();
                 let bytes = response.bytes().await.unwrap_or_default();
-                if is_query {
-                    let mut held = shared.query_answers_held.subscribe();
-                    let _ = held.wait_for(|held| !*held).await;
-                }
+                let operation = target.rsplit('.').next().unwrap_or_default();
+                let mut held = shared.answers_held.subscribe();
+                let _ = held.wait_for(|held| !held.contains(operation)).await;
                 Some((status, bytes))
             }
             Err(_) => return upstream_down(),
