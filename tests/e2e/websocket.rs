@@ -1364,3 +1364,69 @@ async fn a_sockets_close_deletes_its_records_by_their_keys_without_a_query() {
     assert_eq!(queries(), 2);
     wait_for_table(&endpoint, &table, &others).await;
 }
+
+/// Messages queued for a socket while it is busy (here its refresh waits
+/// for the store) go out together once it is free: whole, in order, and
+/// leaving its send queue empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_queued_behind_a_busy_socket_go_out_whole_and_in_order() {
+    // 120 messages of 1 KiB (plus the queue's overhead each) fill the
+    // smallest send queue (128 KiB + 64) almost to the byte.
+    const QUEUED: usize = 120;
+    let endpoint = dynalite_endpoint();
+    let table = unique_table("ws-queued");
+    create_table(&endpoint, &table);
+    let proxy = FaultProxy::start(&endpoint).await;
+    let fixture = Fixture::start(
+        &proxy.endpoint,
+        &table,
+        &[("WS_SEND_QUEUE_BYTES", "131136")],
+    );
+    let token = fixture.token("hana", &["queued"]).await;
+    let mut socket = open_with_query(&fixture, &token).await;
+    let id = connections_of(&endpoint, &table, "queued").await.remove(0);
+    let path = format!("/@connections/{id}");
+    let message = |round: usize, n: usize| format!("{round}-{n:03} {}", "x".repeat(1016));
+
+    // The refresh's revocation read is answered only once the messages
+    // are queued.
+    let newer = dev_token(&fixture, "hana", "queued", 900).await;
+    proxy.hold_answers("BatchGetItem", true);
+    let reads = proxy.requests("BatchGetItem");
+    send_refresh(&mut socket, &newer).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while proxy.requests("BatchGetItem") == reads {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refresh read no revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for n in 0..QUEUED {
+        assert_eq!(
+            post(&fixture, &path, &message(0, n)).await.0,
+            200,
+            "message {n}"
+        );
+    }
+    proxy.hold_answers("BatchGetItem", false);
+    let answer = next_answer(&mut socket, Duration::from_secs(5))
+        .await
+        .expect("an answer to the refresh");
+    assert!(answer.contains("\"refreshed\""), "{answer}");
+    for n in 0..QUEUED {
+        assert_eq!(
+            next_text(&mut socket, Duration::from_secs(5)).await,
+            Some(message(0, n))
+        );
+    }
+
+    // The queue is empty again: a message as large as the whole queue
+    // (128 KiB, plus the overhead) fits.
+    let largest = "y".repeat(128 * 1024);
+    assert_eq!(post(&fixture, &path, &largest).await.0, 200);
+    assert_eq!(
+        next_text(&mut socket, Duration::from_secs(5)).await,
+        Some(largest)
+    );
+}

@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
+use futures_util::SinkExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -203,6 +204,11 @@ pub const QUEUED_MESSAGE_OVERHEAD: usize = 64;
 /// only pongs, close frames and refresh frames (at most 16 KiB, read in a
 /// few chunks), so 4 KiB is plenty.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// What one write to a socket carries at most when messages are queued for
+/// it (a burst of events): each write is a system call and, on the client's
+/// side, a wake-up and a read, whatever it carries.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// Why the server ends a socket: the close frame it sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -599,6 +605,20 @@ pub async fn upgrade(
         .on_upgrade(move |socket| serve_socket(socket, registration, handler, slot, auth))
 }
 
+/// Sends the messages in one write: frames into the socket's buffer, then
+/// one flush. Each is text when it is UTF-8 (a cheap clone of the shared
+/// buffer), binary otherwise.
+async fn send_all(socket: &mut WebSocket, messages: Vec<Bytes>) -> Result<(), axum::Error> {
+    for message in messages {
+        let frame = match Utf8Bytes::try_from(message.clone()) {
+            Ok(text) => Message::Text(text),
+            Err(_) => Message::Binary(message),
+        };
+        socket.feed(frame).await?;
+    }
+    socket.flush().await
+}
+
 /// An API Gateway-like connection id: 12 random bytes, URL-safe base64.
 fn new_connection_id() -> String {
     let uuid = uuid::Uuid::new_v4();
@@ -705,13 +725,16 @@ async fn serve_socket(
             // The sending side keeps a handle until the socket is removed,
             // and removal always sets `closed` first.
             Some(message) = outgoing.recv() => {
-                let cost = message.len() + QUEUED_MESSAGE_OVERHEAD;
-                // Text when it is UTF-8 (a cheap clone of the shared buffer).
-                let frame = match Utf8Bytes::try_from(message.clone()) {
-                    Ok(text) => Message::Text(text),
-                    Err(_) => Message::Binary(message),
-                };
-                let sent = tokio::time::timeout(limits.send_timeout, socket.send(frame)).await;
+                // The messages queued behind it go in the same write.
+                let mut batch = vec![message];
+                let mut bytes = batch[0].len();
+                while bytes < WRITE_BATCH_BYTES {
+                    let Ok(message) = outgoing.try_recv() else { break };
+                    bytes += message.len();
+                    batch.push(message);
+                }
+                let cost = bytes + batch.len() * QUEUED_MESSAGE_OVERHEAD;
+                let sent = tokio::time::timeout(limits.send_timeout, send_all(&mut socket, batch)).await;
                 queued_bytes.fetch_sub(cost, Ordering::AcqRel);
                 match sent {
                     Ok(Ok(())) => last_data = Instant::now(),
