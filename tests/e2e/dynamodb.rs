@@ -489,14 +489,7 @@ async fn concurrent_deliveries_share_a_read_that_began_after_them() {
     let proxy = FaultProxy::start(&endpoint).await;
     let signer = DevSigner::generate().unwrap();
     let jwks = JwksServer::start(JwksMode::Serve(signer.jwks().to_owned())).await;
-    let dynamo = dynamodb_env(&proxy.endpoint, &table);
-    let mut env: Vec<(&str, &str)> = dynamo
-        .iter()
-        .filter(|(k, _)| k != "AWS_REGION")
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    env.push(("RUST_LOG", "warn,gitgazer_ws=info"));
-    let server = POOL.server(&jwks, &env);
+    let server = POOL.server_on_table(&jwks, &dynamodb_env(&proxy.endpoint, &table));
     let open = |sub: &str| {
         let mut request = server
             .url("/ws")

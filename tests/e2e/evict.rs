@@ -45,13 +45,7 @@ fn token(signer: &DevSigner, sub: &str, iat: u64) -> String {
 /// A Cognito-mode server on the table (management listener on loopback,
 /// no token: `evict` reaches it from this host).
 fn server(jwks: &JwksServer, dynamo: &[(String, String)]) -> Server {
-    let mut env: Vec<(&str, &str)> = dynamo
-        .iter()
-        .filter(|(k, _)| k != "AWS_REGION")
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    env.push(("RUST_LOG", "warn,gitgazer_ws=info"));
-    POOL.server(jwks, &env)
+    POOL.server_on_table(jwks, dynamo)
 }
 
 /// Opens `/ws` with the token (bearer subprotocol): the socket, or the

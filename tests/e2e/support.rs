@@ -213,6 +213,19 @@ impl Pool {
         }))
     }
 
+    /// `serve` in Cognito mode for this pool on a DynamoDB table
+    /// (`dynamodb_env`'s variables; the pool's region, not the table's:
+    /// dynalite takes any), info logs.
+    pub fn server_on_table(&self, jwks: &JwksServer, dynamo: &[(String, String)]) -> Server {
+        let mut env: Vec<(&str, &str)> = dynamo
+            .iter()
+            .filter(|(k, _)| k != "AWS_REGION")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        env.push(("RUST_LOG", "warn,gitgazer_ws=info"));
+        self.server(jwks, &env)
+    }
+
     /// `serve` in Cognito mode for this pool, plus `extra` variables.
     pub fn server(&self, jwks: &JwksServer, extra: &[(&str, &str)]) -> Server {
         let mut env = vec![

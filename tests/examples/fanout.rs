@@ -190,14 +190,7 @@ async fn main() {
         }
     });
     let expected = sockets * events;
-    let mut last = started;
-    for _ in 0..expected {
-        let (_, at) = tokio::time::timeout(Duration::from_secs(60), receipts.recv())
-            .await
-            .expect("every socket receives every event")
-            .unwrap();
-        last = last.max(at);
-    }
+    let last = last_of(&mut receipts, expected, started).await;
     poster.await.unwrap();
     let seconds = (last - started).as_secs_f64();
     println!(
@@ -212,14 +205,7 @@ async fn main() {
     let posts: Vec<_> = (2 * events + 1..=3 * events)
         .map(|number| tokio::spawn(post(number)))
         .collect();
-    let mut last = started;
-    for _ in 0..expected {
-        let (_, at) = tokio::time::timeout(Duration::from_secs(60), receipts.recv())
-            .await
-            .expect("every socket receives every event")
-            .unwrap();
-        last = last.max(at);
-    }
+    let last = last_of(&mut receipts, expected, started).await;
     for post in posts {
         post.await.unwrap();
     }
@@ -230,6 +216,23 @@ async fn main() {
         seconds * 1000.0,
         expected as f64 / seconds,
     );
+}
+
+/// When the last of `expected` receipts arrived (`started` if none).
+async fn last_of(
+    receipts: &mut mpsc::UnboundedReceiver<(usize, Instant)>,
+    expected: usize,
+    started: Instant,
+) -> Instant {
+    let mut last = started;
+    for _ in 0..expected {
+        let (_, at) = tokio::time::timeout(Duration::from_secs(60), receipts.recv())
+            .await
+            .expect("every socket receives every event")
+            .unwrap();
+        last = last.max(at);
+    }
+    last
 }
 
 /// A store-call metric of a node's reads of an integration's records.
