@@ -71,6 +71,7 @@ impl<V: Clone + Send + 'static> SharedByKey<V> {
             let reads = Reads {
                 under_way: self.under_way.clone(),
                 key: key.to_owned(),
+                finished: false,
             };
             tokio::spawn(reads.run(answer, read));
         }
@@ -88,16 +89,19 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The reads of one key, one after another while anyone waits. Dropped
-/// (at the end or in a panic), it takes the key off the map, so the next
-/// caller starts afresh; whoever still waits then gets no answer.
+/// The reads of one key, one after another while anyone waits. The key
+/// leaves the map when no one waits, in the same lock as that check (a
+/// caller arriving a moment later starts afresh and is never dropped), or
+/// when a read panics (dropped unfinished): whoever waits then gets no
+/// answer, and the next caller starts afresh.
 struct Reads<V> {
     under_way: Arc<Mutex<HashMap<String, Waiting<V>>>>,
     key: String,
+    finished: bool,
 }
 
 impl<V: Clone> Reads<V> {
-    async fn run<F, Fut>(self, first: oneshot::Sender<V>, read: F)
+    async fn run<F, Fut>(mut self, first: oneshot::Sender<V>, read: F)
     where
         F: Fn(String) -> Fut,
         Fut: Future<Output = V>,
@@ -111,7 +115,11 @@ impl<V: Clone> Reads<V> {
                 let mut under_way = lock(&self.under_way);
                 match under_way.get_mut(&self.key) {
                     Some(waiting) if !waiting.is_empty() => std::mem::take(waiting),
-                    _ => return,
+                    _ => {
+                        under_way.remove(&self.key);
+                        self.finished = true;
+                        return;
+                    }
                 }
             };
         }
@@ -132,7 +140,9 @@ fn answer_all<V: Clone>(answers: Waiting<V>, value: V) {
 
 impl<V> Drop for Reads<V> {
     fn drop(&mut self) {
-        lock(&self.under_way).remove(&self.key);
+        if !self.finished {
+            lock(&self.under_way).remove(&self.key);
+        }
     }
 }
 
@@ -201,6 +211,32 @@ mod tests {
             assert_eq!(caller.await.unwrap(), Some(2));
         }
         assert_eq!(reads.load(Ordering::SeqCst), 2);
+        until(|| shared.under_way() == 0).await;
+    }
+
+    /// Callers arriving just as the reads of their key end are never
+    /// dropped (the key leaves the map in the same lock as the check that
+    /// no one waits).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_arriving_as_the_reads_end_is_answered() {
+        let shared = SharedByKey::<usize>::default();
+        let callers: Vec<_> = (0..4)
+            .map(|_| {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let mut unanswered = 0;
+                    for _ in 0..100_000 {
+                        if shared.read("acme", |_| async { 7 }).await.is_none() {
+                            unanswered += 1;
+                        }
+                    }
+                    unanswered
+                })
+            })
+            .collect();
+        for caller in callers {
+            assert_eq!(caller.await.unwrap(), 0, "callers left without an answer");
+        }
         until(|| shared.under_way() == 0).await;
     }
 
