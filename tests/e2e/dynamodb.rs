@@ -525,7 +525,12 @@ async fn concurrent_deliveries_share_a_read_that_began_after_them() {
     proxy.hold_answers("Query", true);
     let queries = proxy.requests("Query");
     let first = post("event 0".into());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while proxy.requests("Query") == queries {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delivery read no records"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let mut late = open("bob").await;
