@@ -892,7 +892,12 @@ async fn deliver_exits_1_when_posts_fail_and_2_when_it_cannot_start() {
                 .spawn()
                 .unwrap();
             use std::io::Write as _;
-            child.stdin.take().unwrap().write_all(b"{\"n\":1}").unwrap();
+            // A child that exits before reading (a usage error) has closed
+            // its end: the write then fails with a broken pipe, harmlessly.
+            let written = child.stdin.take().unwrap().write_all(b"{\"n\":1}");
+            if let Err(error) = written {
+                assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe, "{error}");
+            }
             child.wait_with_output().unwrap()
         })
     };
